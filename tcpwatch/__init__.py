@@ -1,0 +1,3 @@
+"""tcpwatch: per-state TCP socket observability for Prometheus."""
+
+__version__ = "0.1.0"

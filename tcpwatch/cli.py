@@ -1,0 +1,78 @@
+"""Command line: ``tcpwatch run`` serves metrics, ``tcpwatch snapshot`` prints one dump.
+
+Bad input ends here as one line on stderr and exit code 2, before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+
+from . import __version__
+from .config import ConfigError, build_parser, run_settings
+
+log = logging.getLogger("tcpwatch")
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "run":
+            return run(run_settings(args))
+        return snapshot(args)
+    except ConfigError as exc:
+        print(f"tcpwatch: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def run(settings) -> int:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.process_collector import ProcessCollector
+
+    from . import logs, server
+    from .collector import CollectorOptions, TcpCollector
+    from .sources import inet_diag, processes
+
+    logs.configure(settings.log_level, settings.log_format)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+    registry = CollectorRegistry()
+    options = CollectorOptions(settings.process_enabled, settings.process_max_series,
+                               settings.listen_max_ports)
+    registry.register(TcpCollector(options, inet_diag.dump, processes.scan))
+    registry.register(ProcessCollector(registry=None))
+    try:
+        http = server.bind(settings.listen_address, registry, settings.telemetry_path)
+    except server.ListenError as exc:
+        raise ConfigError(str(exc)) from None
+    server.serve_in_background(http)
+    log.info("listening", extra={"address": server.bound_address(http),
+                                 "path": settings.telemetry_path, "version": __version__})
+    while not stop.wait(1.0):
+        pass
+    log.info("stopping")
+    http.shutdown()
+    http.server_close()
+    return 0
+
+
+def snapshot(args) -> int:
+    from . import report
+    from .sources import inet_diag, processes
+
+    snap = inet_diag.dump(want_owners=True)
+    owners = processes.scan(snap.inode_states.keys()).owners
+    result = report.build(snap, owners, args.top)
+    print(json.dumps(result) if args.json else report.render_text(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

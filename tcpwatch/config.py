@@ -1,0 +1,166 @@
+"""Flags and the YAML config file, merged as defaults < config file < flags.
+
+Every mistake becomes one ``ConfigError`` with a sentence naming what is wrong; the CLI
+prints it as a single line and exits 2 before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from dataclasses import dataclass
+
+DEFAULT_PORT = 9787
+DEFAULT_LISTEN_ADDRESS = f":{DEFAULT_PORT}"
+LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_FORMATS = ("logfmt", "json")
+
+
+class ConfigError(Exception):
+    """Bad input from flags or the config file."""
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str   # "" means every address
+    port: int
+
+    def __str__(self):
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_listen_address(text: str) -> ListenAddress:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (every address), as Prometheus exporters take it."""
+    if not isinstance(text, str) or ":" not in text:
+        raise ConfigError(f"invalid --web.listen-address {text!r}: want HOST:PORT, [IPV6]:PORT or :PORT")
+    host, _, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"invalid --web.listen-address {text!r}: {host!r} is not an IPv6 address") from None
+    elif ":" in host:
+        raise ConfigError(f"invalid --web.listen-address {text!r}: put an IPv6 address in brackets, [::1]:PORT")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"invalid --web.listen-address {text!r}: port must be a number from 0 to 65535")
+    return ListenAddress(host, int(port_text))
+
+
+def _non_negative(text) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if isinstance(text, bool) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def _telemetry_path(text) -> str:
+    if not isinstance(text, str) or not text.startswith("/") or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a path starting with / and without spaces")
+    return text
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    listen_address: ListenAddress
+    telemetry_path: str
+    log_level: str
+    log_format: str
+    process_enabled: bool
+    process_max_series: int
+    listen_max_ports: int
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ConfigError(message)
+
+
+# (flag, dest, type, default, help). The config file takes the same names without dashes.
+_RUN_OPTIONS = (
+    ("--web.listen-address", "listen_address", str, DEFAULT_LISTEN_ADDRESS,
+     "address to serve metrics on: HOST:PORT, [IPV6]:PORT or :PORT for every address"),
+    ("--web.telemetry-path", "telemetry_path", _telemetry_path, "/metrics", "path of the metrics page"),
+    ("--log.level", "log_level", str, "info", "one of " + ", ".join(LOG_LEVELS)),
+    ("--log.format", "log_format", str, "logfmt", "one of " + ", ".join(LOG_FORMATS)),
+    ("--collector.process.max-series", "process_max_series", _non_negative, 20,
+     "process names exported before the rest are summed under process=\"other\""),
+    ("--collector.listen.max-ports", "listen_max_ports", _non_negative, 64,
+     "listening ports exported before the rest are summed under port=\"other\""),
+)
+_BOOL_OPTIONS = (
+    ("--collector.process", "process_enabled", True, "attribute sockets to processes (walks /proc/*/fd)"),
+)
+CONFIG_KEYS = {flag[2:]: dest for flag, dest, *_ in _RUN_OPTIONS + _BOOL_OPTIONS}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tcpwatch", description="TCP socket states for Prometheus.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = commands.add_parser("run", help="serve metrics over HTTP")
+    run.add_argument("--config", metavar="FILE", help="YAML file whose keys are the flag names without dashes")
+    for flag, dest, kind, _default, text in _RUN_OPTIONS:
+        run.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=text)
+    for flag, dest, _default, text in _BOOL_OPTIONS:
+        run.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                         default=argparse.SUPPRESS, help=text)
+    snap = commands.add_parser("snapshot", help="print one dump for a person")
+    snap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    snap.add_argument("--top", type=_non_negative, default=10, help="rows in the owners and queues tables")
+    return parser
+
+
+def load_config_file(path: str) -> dict:
+    """The YAML mapping at ``path``, checked for unknown keys and converted like the flags."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"config file {path} is not valid YAML{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of flag names to values")
+    values = {}
+    kinds = {dest: kind for _f, dest, kind, *_ in _RUN_OPTIONS}
+    for key, value in data.items():
+        dest = CONFIG_KEYS.get(key)
+        if dest is None:
+            raise ConfigError(f"config file {path}: unknown key {key!r}")
+        try:
+            if dest in kinds:
+                if kinds[dest] is str and not isinstance(value, str):
+                    raise argparse.ArgumentTypeError(f"{value!r} must be a string")
+                values[dest] = kinds[dest](value)
+            elif isinstance(value, bool):
+                values[dest] = value
+            else:
+                raise argparse.ArgumentTypeError(f"{value!r} must be true or false")
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"config file {path}: {key}: {exc}") from None
+    return values
+
+
+def run_settings(args: argparse.Namespace) -> RunSettings:
+    """Merge defaults, the config file and the flags given on the command line."""
+    merged = {dest: default for _f, dest, _k, default, _h in _RUN_OPTIONS}
+    merged.update({dest: default for _f, dest, default, _h in _BOOL_OPTIONS})
+    if getattr(args, "config", None):
+        merged.update(load_config_file(args.config))
+    merged.update({k: v for k, v in vars(args).items() if k in merged})
+    if merged["log_level"] not in LOG_LEVELS:
+        raise ConfigError(f"invalid log level {merged['log_level']!r}: want one of {', '.join(LOG_LEVELS)}")
+    if merged["log_format"] not in LOG_FORMATS:
+        raise ConfigError(f"invalid log format {merged['log_format']!r}: want one of {', '.join(LOG_FORMATS)}")
+    merged["listen_address"] = parse_listen_address(merged["listen_address"])
+    return RunSettings(**merged)

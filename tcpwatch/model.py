@@ -1,0 +1,59 @@
+"""Plain data passed between the sources and the collectors: no I/O, no libraries.
+
+A ``DiagSnapshot`` is what one inet_diag dump says, already reduced to what the metrics use,
+so that a scrape of 100k sockets keeps a few dicts of ints rather than 100k objects.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+# Placeholder process names, documented in the README. Brackets keep them apart from real
+# comm values in practice (a process may still rename itself to one; that is its choice).
+KERNEL_HELD = "[kernel]"      # no fd anywhere: TIME_WAIT, orphans after close()
+UNKNOWN_OWNER = "[unknown]"   # has an inode, but no /proc/*/fd we could read points at it
+OTHER = "other"               # everything past the top-N cap
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A local (family, address, port); address is the raw 4 or 16 bytes, never exported."""
+
+    family: str
+    address: bytes
+    port: int
+
+    @property
+    def is_wildcard(self) -> bool:
+        return not any(self.address)
+
+
+@dataclass(frozen=True)
+class Listener:
+    endpoint: Endpoint
+    inode: int
+    queue_length: int   # sk_ack_backlog: connections waiting for accept()
+    queue_limit: int    # sk_max_ack_backlog: the backlog given to listen(), capped by somaxconn
+
+
+@dataclass(frozen=True)
+class CloseWaitSocket:
+    cookie: int         # the kernel's socket cookie: stable for the socket's life
+    inode: int          # 0 while the socket waits in an accept queue
+    endpoint: Endpoint
+
+
+@dataclass
+class DiagSnapshot:
+    """One dump of TCP sockets over IPv4 and IPv6."""
+
+    counts: Counter = field(default_factory=Counter)         # (family, state) -> sockets
+    listeners: list = field(default_factory=list)            # [Listener]
+    inode_states: dict = field(default_factory=dict)         # inode -> state, inode != 0
+    unaccepted: Counter = field(default_factory=Counter)     # (Endpoint, state) -> sockets, inode 0
+    kernel_held: Counter = field(default_factory=Counter)    # state -> sockets, inode 0, no listener
+    close_wait: list = field(default_factory=list)           # [CloseWaitSocket]
+
+    def total(self) -> int:
+        return sum(self.counts.values())

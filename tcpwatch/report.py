@@ -1,0 +1,49 @@
+"""``tcpwatch snapshot``: one dump, reduced to what a person reads, as a dict or as tables."""
+
+from __future__ import annotations
+
+from . import attribution, states
+from .model import DiagSnapshot
+
+
+def build(snap: DiagSnapshot, owners, top: int) -> dict:
+    """Counts per state and family, CLOSE_WAIT owners, fullest listen queues."""
+    sockets = {family: {states.name(s): snap.counts.get((family, s), 0) for s in states.REPORTED}
+               for family in states.FAMILIES}
+    ownership = attribution.attribute(snap, owners)
+    close_wait = sorted(
+        ((process, counts[states.CLOSE_WAIT]) for process, counts in ownership.sockets.items()
+         if counts.get(states.CLOSE_WAIT)),
+        key=lambda item: (-item[1], item[0]))
+    queues = attribution.listen_queues(snap.listeners, limit=len(snap.listeners))
+    fullest = sorted(queues.items(), key=lambda item: (-item[1][0] / max(item[1][1], 1), int(item[0])))
+    return {
+        "sockets": sockets,
+        "total": snap.total(),
+        "close_wait_owners": [{"process": p, "sockets": n} for p, n in close_wait[:top]],
+        "listen_queues": [{"port": int(port), "length": length, "limit": limit}
+                          for port, (length, limit) in fullest[:top]],
+    }
+
+
+def render_text(report: dict) -> str:
+    lines = [f"{'STATE':<12} {'IPV4':>8} {'IPV6':>8} {'TOTAL':>8}"]
+    for state in states.REPORTED:
+        name = states.name(state)
+        v4, v6 = report["sockets"]["ipv4"][name], report["sockets"]["ipv6"][name]
+        lines.append(f"{name:<12} {v4:>8} {v6:>8} {v4 + v6:>8}")
+    lines.append(f"{'total':<12} {'':>8} {'':>8} {report['total']:>8}")
+    lines += ["", "CLOSE_WAIT owners (the peer closed; the process has not called close())"]
+    if report["close_wait_owners"]:
+        lines.append(f"  {'PROCESS':<20} {'SOCKETS':>8}")
+        lines += [f"  {row['process']:<20} {row['sockets']:>8}" for row in report["close_wait_owners"]]
+        lines.append("  (how long they have waited: tcpwatch_state_oldest_age_seconds from `tcpwatch run`)")
+    else:
+        lines.append("  none")
+    lines += ["", "Listen queues, fullest first"]
+    if report["listen_queues"]:
+        lines.append(f"  {'PORT':>6} {'QUEUED':>8} {'LIMIT':>8}")
+        lines += [f"  {row['port']:>6} {row['length']:>8} {row['limit']:>8}" for row in report["listen_queues"]]
+    else:
+        lines.append("  none")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Data sources: each module alone imports the library it talks through."""
