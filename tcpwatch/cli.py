@@ -39,6 +39,7 @@ def run(settings) -> int:
     from .sources import inet_diag, processes
 
     logs.configure(settings.log_level, settings.log_format)
+    _name_process("tcpwatch")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -61,6 +62,16 @@ def run(settings) -> int:
     http.shutdown()
     http.server_close()
     return 0
+
+
+def _name_process(name: str) -> None:
+    """Set our comm, so that our own sockets show as process="tcpwatch" under any launcher."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 def snapshot(args) -> int:

@@ -1,0 +1,157 @@
+"""Real-kernel test plumbing: network namespaces, workloads, the daemon, ss, scrapes.
+
+Every wait polls with a deadline; every process started here is stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+WORKLOAD = str(ROOT / "tests" / "workload.py")
+
+SS_STATES = {
+    "ESTAB": "established", "SYN-SENT": "syn_sent", "SYN-RECV": "syn_recv",
+    "FIN-WAIT-1": "fin_wait1", "FIN-WAIT-2": "fin_wait2", "TIME-WAIT": "time_wait",
+    "UNCONN": "close", "CLOSE-WAIT": "close_wait", "LAST-ACK": "last_ack",
+    "LISTEN": "listen", "CLOSING": "closing",
+}
+
+
+def in_netns(netns, argv):
+    return ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+
+
+def wait_for(predicate, timeout=10.0, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Workload:
+    """A tests/workload.py process holding sockets until stopped."""
+
+    def __init__(self, scenario, netns=None, **options):
+        argv = [PYTHON, WORKLOAD, scenario]
+        for key, value in options.items():
+            argv += [f"--{key}", str(value)]
+        self.proc = subprocess.Popen(in_netns(netns, argv), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            self.stop()
+            raise RuntimeError(f"workload {scenario} failed to start")
+        self.info = json.loads(line)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def ss_counts(netns, family):
+    """Sockets per state as ``ss -tan`` sees them in ``netns``: the cross-check."""
+    out = subprocess.run(in_netns(netns, ["ss", "-tanH", f"-{family}"]), check=True,
+                         capture_output=True, text=True).stdout
+    counts = {name: 0 for name in SS_STATES.values()}
+    for line in out.splitlines():
+        counts[SS_STATES[line.split()[0]]] += 1
+    return counts
+
+
+def tcpwatch(netns, *args, check=True):
+    return subprocess.run(in_netns(netns, [PYTHON, "-m", "tcpwatch", *args]), cwd=ROOT,
+                          capture_output=True, text=True, check=check, timeout=60)
+
+
+def parse_metrics(text):
+    """{(name, frozenset(labels)): value} for every sample of an exposition."""
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples, name, **labels):
+    return samples.get((name, frozenset(labels.items())))
+
+
+def series(samples, name):
+    return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+class Daemon:
+    """``tcpwatch run`` on 127.0.0.1 with a free port chosen by the kernel."""
+
+    def __init__(self, *flags, netns=None):
+        self.netns = netns
+        argv = [PYTHON, "-m", "tcpwatch", "run", "--web.listen-address", "127.0.0.1:0", *flags]
+        self.proc = subprocess.Popen(in_netns(netns, argv), cwd=ROOT, stderr=subprocess.PIPE,
+                                     text=True)
+        self.log = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.log.append(line)
+            match = re.search(r"msg=listening address=(\S+)", line)
+            if match:
+                self.address = match.group(1)
+                return
+        self.proc.kill()
+        raise RuntimeError("daemon did not start: " + "".join(self.log))
+
+    def url(self, path="/metrics"):
+        return f"http://{self.address}{path}"
+
+    def get(self, path="/metrics"):
+        """(status, body) of an HTTP GET, made from inside the daemon's netns."""
+        code = ("import sys,urllib.request,urllib.error\n"
+                "try:\n r=urllib.request.urlopen(sys.argv[1],timeout=20); print(r.status); "
+                "sys.stdout.write(r.read().decode())\n"
+                "except urllib.error.HTTPError as e:\n print(e.code)")
+        out = subprocess.run(in_netns(self.netns, [PYTHON, "-c", code, self.url(path)]),
+                             capture_output=True, text=True, check=True, timeout=30).stdout
+        status, _, body = out.partition("\n")
+        return int(status), body
+
+    def scrape(self):
+        status, body = self.get()
+        assert status == 200, status
+        return parse_metrics(body)
+
+    def stop(self, sig=signal.SIGTERM, timeout=5):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode
+
+
+def is_root():
+    return os.geteuid() == 0

@@ -1,0 +1,87 @@
+"""Bad input: exit code 2, one line on stderr, no traceback, nothing left listening."""
+
+import socket
+import subprocess
+
+import pytest
+
+from helpers import PYTHON, ROOT
+
+
+def run(*args, timeout=20):
+    return subprocess.run([PYTHON, "-m", "tcpwatch", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_rejected(result, *words):
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_unknown_flag():
+    assert_rejected(run("run", "--web.bogus", "x"), "--web.bogus")
+
+
+def test_unknown_command():
+    assert_rejected(run("frobnicate"), "frobnicate")
+
+
+@pytest.mark.parametrize("address", ["nocolon", "127.0.0.1:99999", "127.0.0.1:http", "::1:80",
+                                     "[zz::1]:80", "no.such.host.invalid:9787"])
+def test_malformed_listen_address(address):
+    assert_rejected(run("run", "--web.listen-address", address), address)
+
+
+def test_port_in_use():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert_rejected(run("run", "--web.listen-address", f"127.0.0.1:{port}"), "in use")
+
+
+def test_negative_bound():
+    assert_rejected(run("run", "--collector.process.max-series", "-1"), "-1")
+
+
+def test_bad_log_level():
+    assert_rejected(run("run", "--log.level", "loud"), "loud")
+
+
+def test_unreadable_config(tmp_path):
+    assert_rejected(run("run", "--config", str(tmp_path / "missing.yml")), "missing.yml")
+
+
+def test_invalid_yaml(tmp_path):
+    path = tmp_path / "bad.yml"
+    path.write_text("web.listen-address: [unclosed\n")
+    assert_rejected(run("run", "--config", str(path)), "not valid YAML")
+
+
+def test_unknown_config_key(tmp_path):
+    path = tmp_path / "c.yml"
+    path.write_text("web.listen_adress: ':1'\n")
+    assert_rejected(run("run", "--config", str(path)), "web.listen_adress")
+
+
+def test_wrong_type_in_config(tmp_path):
+    path = tmp_path / "c.yml"
+    path.write_text("collector.listen.max-ports: -3\n")
+    assert_rejected(run("run", "--config", str(path)), "collector.listen.max-ports")
+
+
+def test_config_file_values_apply_and_flags_win(tmp_path):
+    path = tmp_path / "c.yml"
+    path.write_text("web.listen-address: 'nocolon'\nlog.level: debug\n")
+    # the file's bad address is overridden by a good flag; the bad flag then fails on the port
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert_rejected(run("run", "--config", str(path), "--web.listen-address",
+                            f"127.0.0.1:{port}"), str(port))
+    assert_rejected(run("run", "--config", str(path)), "nocolon")

@@ -1,0 +1,130 @@
+"""Socket workloads for the tests, run as their own process (often inside a test netns).
+
+    python workload.py SCENARIO [options]
+
+Each scenario sets its process name (comm) if asked, builds its sockets on loopback, prints
+one JSON line describing them, then holds everything until stdin closes. Every loop here is
+bounded by a count given on the command line.
+"""
+
+import argparse
+import ctypes
+import json
+import socket
+import sys
+
+PR_SET_NAME = 15
+
+
+def set_comm(name):
+    if name:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
+def host(family):
+    return "::1" if family == 6 else "127.0.0.1"
+
+
+def listener(family, backlog=128):
+    sock = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host(family), 0))
+    sock.listen(backlog)
+    return sock
+
+
+def connect(family, port, blocking=True):
+    sock = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_STREAM)
+    if blocking:
+        sock.settimeout(5)
+        sock.connect((host(family), port))
+    else:
+        sock.setblocking(False)
+        sock.connect_ex((host(family), port))
+    return sock
+
+
+def pairs(lst, family, count):
+    """``count`` connected (client, accepted server) pairs on listener ``lst``."""
+    port = lst.getsockname()[1]
+    out = []
+    for _ in range(count):
+        client = connect(family, port)
+        server, _ = lst.accept()
+        out.append((client, server))
+    return out
+
+
+def scenario_states(args, held):
+    """LISTEN, ESTABLISHED, CLOSE_WAIT, FIN_WAIT2, TIME_WAIT and SYN_SENT, ``k`` of each."""
+    k, fam = args.count, args.family
+    main = listener(fam)
+    held.append(main)
+    held.extend(pairs(main, fam, k))                       # 2k ESTABLISHED
+    for client, server in pairs(main, fam, k):              # k CLOSE_WAIT + k FIN_WAIT2
+        client.shutdown(socket.SHUT_WR)
+        held += [client, server]
+    for client, server in pairs(main, fam, k):              # k TIME_WAIT (client closes first)
+        client.close()
+        server.recv(1)                                       # the FIN arrived
+        server.close()
+    full = listener(fam, backlog=0)                          # accept queue of one slot
+    held.append(full)
+    held.append(connect(fam, full.getsockname()[1]))         # fills it: 2 more ESTABLISHED
+    for _ in range(k):                                       # k SYN_SENT: their SYNs are dropped
+        held.append(connect(fam, full.getsockname()[1], blocking=False))
+    return {"expected": {"listen": 2, "established": 2 * k + 2, "close_wait": k,
+                         "fin_wait2": k, "time_wait": k, "syn_sent": k}}
+
+
+def scenario_leak(args, held):
+    """``count`` CLOSE_WAIT sockets held by this process: the peers closed, we never do."""
+    lst = listener(args.family)
+    held.append(lst)
+    for client, server in pairs(lst, args.family, args.count):
+        client.close()
+        held.append(server)
+    return {"port": lst.getsockname()[1]}
+
+
+def scenario_listen(args, held):
+    """A listener that never accepts: connections wait in its queue with no fd (inode 0)."""
+    lst = listener(args.family, backlog=max(args.count, 1))
+    held.append(lst)
+    return {"port": lst.getsockname()[1]}
+
+
+def scenario_connect(args, held):
+    """``count`` connections to ``--port``; the last ``--close`` of them closed by us."""
+    socks = [connect(args.family, args.port) for _ in range(args.count)]
+    for sock in socks[len(socks) - args.close:] if args.close else []:
+        sock.close()
+    held.extend(socks[:len(socks) - args.close])
+    return {}
+
+
+def scenario_pairs(args, held):
+    """``count`` established pairs, both ends held by this process."""
+    lst = listener(args.family)
+    held.append(lst)
+    held.extend(pairs(lst, args.family, args.count))
+    return {}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=["states", "leak", "listen", "connect", "pairs"])
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--family", type=int, choices=[4, 6], default=4)
+    parser.add_argument("--comm")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--close", type=int, default=0)
+    args = parser.parse_args()
+    set_comm(args.comm)
+    held = []
+    info = globals()[f"scenario_{args.scenario}"](args, held)
+    print(json.dumps(info), flush=True)
+    sys.stdin.read()  # hold until the test closes our stdin
+
+
+if __name__ == "__main__":
+    main()
