@@ -94,3 +94,18 @@ def test_sigint_exits_zero(daemons):
     assert value(samples, "tcpwatch_scrape_collector_success", collector="inet_diag") == 1
     assert not series(samples, "tcpwatch_process_sockets")
     assert daemon.stop(signal.SIGINT) == 0
+
+
+def test_live_exposition_passes_promtool(netns, workloads, daemons):
+    import shutil
+    import subprocess
+
+    if not shutil.which("promtool"):
+        pytest.skip("promtool (Debian's prometheus) not installed")
+    workloads("leak", netns=netns, count=3, comm="lint me")  # a comm with a space
+    daemon = daemons(netns=netns)
+    daemon.scrape()
+    status, body = daemon.get()
+    assert 'process="lint me"' in body
+    result = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,139 @@
+"""The collector on injected sources: exposition, failure isolation, concurrent scrapes."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from helpers import parse_metrics, value
+from tcpwatch import states
+from tcpwatch.collector import CollectorOptions, TcpCollector
+from tcpwatch.model import CloseWaitSocket, DiagSnapshot, Endpoint, Listener
+from tcpwatch.sources.processes import OwnerScan
+
+GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
+LOCAL = socket.inet_aton("127.0.0.1")
+
+
+def hand_built_snapshot():
+    snap = DiagSnapshot()
+    for family in states.FAMILIES:
+        for state in states.REPORTED:
+            snap.counts[(family, state)] = 0
+    snap.counts.update({("ipv4", states.LISTEN): 1, ("ipv4", states.ESTABLISHED): 3,
+                        ("ipv4", states.CLOSE_WAIT): 2, ("ipv6", states.TIME_WAIT): 4})
+    snap.listeners = [Listener(Endpoint("ipv4", bytes(4), 8080), 1, 1, 128)]
+    snap.inode_states = {1: states.LISTEN, 2: states.ESTABLISHED, 3: states.ESTABLISHED,
+                         4: states.CLOSE_WAIT}
+    snap.unaccepted = Counter({(Endpoint("ipv4", LOCAL, 8080), states.CLOSE_WAIT): 1})
+    snap.kernel_held = Counter({states.TIME_WAIT: 4})
+    snap.close_wait = [CloseWaitSocket(40, 4, Endpoint("ipv4", LOCAL, 8080)),
+                       CloseWaitSocket(41, 0, Endpoint("ipv4", LOCAL, 8080))]
+    return snap
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def registry_for(dump, scan, clock=None, options=CollectorOptions()):
+    registry = CollectorRegistry()
+    collector = TcpCollector(options, dump, scan, clock or Clock())
+    registry.register(collector)
+    return registry, collector
+
+
+def owners(inodes):
+    return OwnerScan(owners={1: "web", 2: "web", 4: "web", 3: "client"}, processes=2)
+
+
+def normalised(text):
+    return re.sub(r"(tcpwatch_scrape_collector_duration_seconds\{[^}]*\}) \S+", r"\1 0.0", text)
+
+
+def test_golden_exposition():
+    clock = Clock()
+    registry, _ = registry_for(lambda want: hand_built_snapshot(), owners, clock)
+    generate_latest(registry)
+    clock.now += 42.0
+    text = normalised(generate_latest(registry).decode())
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool (Debian's prometheus) not installed")
+def test_golden_exposition_passes_promtool():
+    result = subprocess.run(["promtool", "check", "metrics"], input=GOLDEN.read_text(),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_close_wait_age_grows_between_scrapes_and_is_owned():
+    clock = Clock()
+    registry, _ = registry_for(lambda want: hand_built_snapshot(), owners, clock)
+    parse_metrics(generate_latest(registry).decode())
+    clock.now += 7.5
+    samples = parse_metrics(generate_latest(registry).decode())
+    assert value(samples, "tcpwatch_state_oldest_age_seconds", state="close_wait", process="web") == 7.5
+    assert value(samples, "tcpwatch_process_sockets", process="web", state="close_wait") == 2
+    assert value(samples, "tcpwatch_process_sockets", process="[kernel]", state="time_wait") == 4
+
+
+def test_failed_dump_fails_both_collectors_but_the_scrape_answers():
+    def broken(want):
+        raise OSError("netlink went away")
+
+    registry, _ = registry_for(broken, owners)
+    samples = parse_metrics(generate_latest(registry).decode())
+    assert value(samples, "tcpwatch_scrape_collector_success", collector="inet_diag") == 0
+    assert value(samples, "tcpwatch_scrape_collector_success", collector="process") == 0
+    assert not [k for k in samples if k[0] == "tcpwatch_sockets"]
+    assert value(samples, "tcpwatch_build_info", version=__import__("tcpwatch").__version__) == 1
+
+
+def test_failed_owner_scan_leaves_socket_counts():
+    def broken(inodes):
+        raise PermissionError("no /proc")
+
+    registry, _ = registry_for(lambda want: hand_built_snapshot(), broken)
+    samples = parse_metrics(generate_latest(registry).decode())
+    assert value(samples, "tcpwatch_scrape_collector_success", collector="inet_diag") == 1
+    assert value(samples, "tcpwatch_scrape_collector_success", collector="process") == 0
+    assert value(samples, "tcpwatch_sockets", family="ipv4", state="established") == 3
+
+
+def test_concurrent_scrapes_share_one_dump():
+    dumps = []
+    gate = threading.Event()
+
+    def slow_dump(want):
+        dumps.append(1)
+        gate.wait(5)
+        return hand_built_snapshot()
+
+    registry, _ = registry_for(slow_dump, owners, clock=time.monotonic)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(generate_latest(registry)))
+               for _ in range(20)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)   # let every scraper arrive while the first dump is held
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 20
+    assert len(dumps) == 2   # the one in flight when they arrived, then one shared by all waiters
+    assert all(b"tcpwatch_sockets{" in r for r in results)

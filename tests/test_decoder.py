@@ -1,0 +1,81 @@
+"""The inet_diag decoder on hand-built netlink messages: no kernel needed."""
+
+import socket
+import struct
+
+import pytest
+
+from tcpwatch import states
+from tcpwatch.model import DiagSnapshot, Endpoint
+from tcpwatch.sources.inet_diag import Decoder, DumpError
+
+SOCK_DIAG_BY_FAMILY = 20
+NLMSG_DONE, NLMSG_ERROR = 3, 2
+
+
+def diag_msg(state, inode=0, sport=0, src="127.0.0.1", family=socket.AF_INET, rqueue=0,
+             wqueue=0, cookie=0, attrs=b""):
+    addr = socket.inet_pton(family, src).ljust(16, b"\0")
+    body = struct.pack("=BBBB", family, state, 0, 0) + struct.pack(">HH", sport, 0)
+    body += addr + b"\0" * 16 + struct.pack("=IQ", 0, cookie)
+    body += struct.pack("=IIIII", 0, rqueue, wqueue, 0, inode) + attrs
+    return struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY, 2, 1, 0) + body
+
+
+def done():
+    return struct.pack("=IHHIIi", 20, NLMSG_DONE, 2, 1, 0, 0)
+
+
+def test_counts_listeners_close_wait_and_inode_zero_sockets():
+    snap = DiagSnapshot()
+    decoder = Decoder("ipv4", snap)
+    # an attribute (INET_DIAG_SHUTDOWN, 5 bytes padded to 8) must be skipped by length
+    shutdown_attr = struct.pack("=HHB", 5, 8, 0) + b"\0\0\0"
+    decoder.feed(diag_msg(states.LISTEN, inode=10, sport=8080, src="0.0.0.0", rqueue=3, wqueue=128)
+                 + diag_msg(states.ESTABLISHED, inode=11, attrs=shutdown_attr)
+                 + diag_msg(states.CLOSE_WAIT, inode=12, sport=8080, cookie=99))
+    assert not decoder.done
+    decoder.feed(diag_msg(states.ESTABLISHED, inode=0, sport=8080)
+                 + diag_msg(states.TIME_WAIT) + diag_msg(states.FIN_WAIT2) + done())
+    assert decoder.done
+    assert snap.counts[("ipv4", states.ESTABLISHED)] == 2
+    assert snap.counts[("ipv4", states.TIME_WAIT)] == 1
+    assert snap.counts[("ipv4", states.SYN_SENT)] == 0
+    assert snap.total() == 6
+    (listener,) = snap.listeners
+    assert (listener.endpoint.port, listener.queue_length, listener.queue_limit) == (8080, 3, 128)
+    assert listener.endpoint.is_wildcard and listener.inode == 10
+    assert snap.inode_states == {10: states.LISTEN, 11: states.ESTABLISHED, 12: states.CLOSE_WAIT}
+    (cw,) = snap.close_wait
+    assert (cw.cookie, cw.inode, cw.endpoint.port) == (99, 12, 8080)
+    queued = Endpoint("ipv4", socket.inet_aton("127.0.0.1"), 8080)
+    assert snap.unaccepted == {(queued, states.ESTABLISHED): 1}
+    assert snap.kernel_held == {states.TIME_WAIT: 1, states.FIN_WAIT2: 1}
+
+
+def test_ipv6_addresses_keep_sixteen_bytes():
+    snap = DiagSnapshot()
+    Decoder("ipv6", snap).feed(diag_msg(states.LISTEN, inode=1, sport=443, src="::1",
+                                        family=socket.AF_INET6) + done())
+    assert snap.listeners[0].endpoint.address == socket.inet_pton(socket.AF_INET6, "::1")
+
+
+def test_without_owners_keeps_no_inodes():
+    snap = DiagSnapshot()
+    Decoder("ipv4", snap, want_owners=False).feed(
+        diag_msg(states.ESTABLISHED, inode=5) + diag_msg(states.TIME_WAIT) + done())
+    assert snap.inode_states == {} and not snap.kernel_held
+    assert snap.counts[("ipv4", states.ESTABLISHED)] == 1
+
+
+def test_kernel_error_is_raised_with_errno():
+    error = struct.pack("=IHHIIi", 36, NLMSG_ERROR, 0, 1, 0, -1) + b"\0" * 16
+    with pytest.raises(DumpError) as info:
+        Decoder("ipv4", DiagSnapshot()).feed(error)
+    assert info.value.errno == 1 and "EPERM" in str(info.value)
+
+
+def test_truncated_message_is_an_error_not_a_wrong_count():
+    msg = diag_msg(states.ESTABLISHED, inode=1)
+    with pytest.raises(DumpError):
+        Decoder("ipv4", DiagSnapshot()).feed(msg[:-8])
