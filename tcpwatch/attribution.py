@@ -44,7 +44,8 @@ def attribute(snap: DiagSnapshot, owners: Mapping[int, str]) -> Ownership:
     """Give every socket of the dump to a process name or a placeholder.
 
     Sockets with an fd go to the process holding it. Sockets without one (inode 0) that can
-    still be in an accept queue go to the listener's process; the rest are the kernel's.
+    still be in an accept queue go to the listener's process; the rest are the kernel's,
+    counted as what remains of each state's total (no per-socket work for TIME_WAIT).
     """
     result = Ownership()
     get = owners.get
@@ -57,10 +58,13 @@ def attribute(snap: DiagSnapshot, owners: Mapping[int, str]) -> Ownership:
             return KERNEL_HELD
         return get(listener.inode, UNKNOWN_OWNER)
 
+    with_fd = Counter(snap.inode_states.values())
     for (endpoint, state), count in snap.unaccepted.items():
         pairs[(listener_owner(endpoint), state)] += count
-    for state, count in snap.kernel_held.items():
-        pairs[(KERNEL_HELD, state)] += count
+        with_fd[state] += count
+    for state, total in snap.per_state().items():
+        if total > with_fd[state]:
+            pairs[(KERNEL_HELD, state)] += total - with_fd[state]
     for (process, state), count in pairs.items():
         result.sockets[process][state] += count
     for sock in snap.close_wait:

@@ -52,8 +52,14 @@ class DiagSnapshot:
     listeners: list = field(default_factory=list)            # [Listener]
     inode_states: dict = field(default_factory=dict)         # inode -> state, inode != 0
     unaccepted: Counter = field(default_factory=Counter)     # (Endpoint, state) -> sockets, inode 0
-    kernel_held: Counter = field(default_factory=Counter)    # state -> sockets, inode 0, no listener
     close_wait: list = field(default_factory=list)           # [CloseWaitSocket]
 
     def total(self) -> int:
         return sum(self.counts.values())
+
+    def per_state(self) -> Counter:
+        """Sockets per state over both families."""
+        totals = Counter()
+        for (_family, state), count in self.counts.items():
+            totals[state] += count
+        return totals

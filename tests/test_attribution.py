@@ -21,7 +21,9 @@ def test_sockets_go_to_fd_holders_listeners_or_the_kernel():
     snap.unaccepted = Counter({(ep(80), states.ESTABLISHED): 2,      # wildcard listener matches
                                (ep(81), states.CLOSE_WAIT): 1,        # exact listener
                                (ep(82), states.SYN_RECV): 1})         # no listener: kernel
-    snap.kernel_held = Counter({states.TIME_WAIT: 5})
+    snap.counts = Counter({("ipv4", states.LISTEN): 2, ("ipv4", states.ESTABLISHED): 3,
+                           ("ipv4", states.CLOSE_WAIT): 2, ("ipv4", states.SYN_RECV): 1,
+                           ("ipv6", states.TIME_WAIT): 5})   # TIME_WAIT: no fd, no listener
     snap.close_wait = [CloseWaitSocket(7, 4, ep(5000)), CloseWaitSocket(8, 0, ep(81))]
     owners = {1: "nginx", 2: "app", 3: "app"}                         # inode 4: nobody readable
     result = attribution.attribute(snap, owners)

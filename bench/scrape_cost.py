@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""What one scrape costs at 10k, 50k and 100k sockets: tcpwatch against node_exporter's
+tcpstat collector and against `ss -tan state all`, measured in the same run.
+
+    make bench                       # 10k, 50k, 100k sockets, 5 scrapes each
+    .venv/bin/python bench/scrape_cost.py --sizes 100000 --repeat 7
+
+Everything runs in a private network namespace made for the run (and removed after), so the
+counts are exactly the benchmark's sockets. For each tool it prints the median wall time of
+one scrape, the CPU time the tool spent on it (from /proc/PID/stat), its peak RSS (VmHWM),
+and for the two exporters the collector duration they report themselves. Ratios are against
+node_exporter's tcpstat. Needs root, iproute2, prometheus-node-exporter.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PAIRS_PER_WORKER = 9000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_mb(pid):
+    match = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(match.group(1)) / 1024
+
+
+def wait_http(url, timeout=20):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return urllib.request.urlopen(url, timeout=5).read()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def hold(total_sockets):
+    pairs = total_sockets // 2
+    workers = []
+    for w in range(0, (pairs + PAIRS_PER_WORKER - 1) // PAIRS_PER_WORKER):
+        n = min(PAIRS_PER_WORKER, pairs - w * PAIRS_PER_WORKER)
+        addr = f"127.0.{w + 1}.1"
+        workers.append(subprocess.Popen([sys.executable, str(ROOT / "bench" / "hold_sockets.py"),
+                                         str(n), addr], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True))
+    for proc in workers:
+        if proc.stdout.readline().strip() != "ready":
+            raise SystemExit("a socket-holding worker failed")
+    return workers
+
+
+def scrape_exporter(url, pid, repeat, duration_metric):
+    walls, cpus, durations = [], [], []
+    for _ in range(repeat):
+        cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+        body = urllib.request.urlopen(url, timeout=60).read().decode()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(cpu_seconds(pid) - cpu0)
+        found = re.findall(duration_metric + r" (\S+)", body)
+        durations.append(sum(float(v) for v in found))
+    return {"wall": statistics.median(walls), "cpu": statistics.median(cpus),
+            "rss": peak_rss_mb(pid), "collector": statistics.median(durations), "body": body}
+
+
+def run_ss(repeat):
+    walls, cpus, rss = [], [], 0.0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(["ss", "-tan", "state", "all"], stdout=subprocess.DEVNULL)
+        _, _, usage = os.wait4(proc.pid, 0)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(usage.ru_utime + usage.ru_stime)
+        rss = max(rss, usage.ru_maxrss / 1024)
+    return {"wall": statistics.median(walls), "cpu": statistics.median(cpus), "rss": rss,
+            "collector": None}
+
+
+def start(argv, url):
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(url)
+    return proc
+
+
+def measure(size, repeat):
+    tcpwatch = [str(ROOT / ".venv" / "bin" / "tcpwatch"), "run", "--log.level", "error"]
+    node = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
+    workers = hold(size)
+    procs = []
+    try:
+        counted = int(subprocess.run(["ss", "-tanH", "state", "all"], capture_output=True,
+                                     text=True).stdout.count("\n"))
+        results = {}
+        for name, argv, port, metric in [
+            ("tcpwatch (counts)", tcpwatch + ["--no-collector.process"], 19787,
+             r'tcpwatch_scrape_collector_duration_seconds\{collector="inet_diag"\}'),
+            ("tcpwatch (with owners)", tcpwatch, 19788,
+             r'tcpwatch_scrape_collector_duration_seconds\{collector="[a-z_]+"\}'),
+            ("node_exporter tcpstat", [node, "--collector.disable-defaults", "--collector.tcpstat"],
+             19100, r'node_scrape_collector_duration_seconds\{collector="tcpstat"\}'),
+        ]:
+            url = f"http://127.0.0.1:{port}/metrics"
+            proc = start(argv + ["--web.listen-address", f"127.0.0.1:{port}"], url)
+            procs.append(proc)
+            results[name] = scrape_exporter(url, proc.pid, repeat, metric)
+            proc.terminate()
+            proc.wait(10)
+        results["ss -tan state all"] = run_ss(repeat)
+        body = results["tcpwatch (counts)"]["body"]
+        ours = sum(float(v) for v in re.findall(r"^tcpwatch_sockets\{[^}]*\} (\S+)", body, re.M))
+        return counted, ours, results
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for w in workers:
+            w.stdin.close()
+        for w in workers:
+            w.wait(30)
+
+
+def report(size, counted, ours, results):
+    base = results["node_exporter tcpstat"]
+    print(f"\n== {size} sockets held (ss counts {counted}, tcpwatch counts {int(ours)}) ==")
+    print(f"{'tool':<24} {'wall s':>8} {'cpu s':>8} {'rss MB':>8} {'coll. s':>8}"
+          f" {'wall/ne':>8} {'cpu/ne':>8} {'coll/ne':>8}")
+    for name, r in results.items():
+        coll = f"{r['collector']:.3f}" if r["collector"] is not None else "-"
+        ratio = (f"{r['collector'] / base['collector']:.2f}" if r["collector"] is not None
+                 and base["collector"] else "-")
+        print(f"{name:<24} {r['wall']:>8.3f} {r['cpu']:>8.3f} {r['rss']:>8.1f} {coll:>8}"
+              f" {r['wall'] / base['wall']:>8.2f} {r['cpu'] / max(base['cpu'], 1e-9):>8.2f} {ratio:>8}")
+
+
+def inside(args):
+    for size in args.sizes:
+        report(size, *measure(size, args.repeat))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000, 100000])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inside:
+        return inside(args)
+    print(f"tcpwatch scrape cost, median of {args.repeat} scrapes; ratios against node_exporter tcpstat")
+    # A fresh namespace per size: closing one size's sockets leaves TIME_WAIT behind for 60 s.
+    for size in args.sizes:
+        netns = f"tcpw-bench-{os.getpid()}-{size}"
+        subprocess.run(["ip", "netns", "add", netns], check=True)
+        try:
+            subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+            argv = [sys.executable, __file__, "--inside", "--repeat", str(args.repeat), "--sizes", str(size)]
+            if subprocess.run(["ip", "netns", "exec", netns, *argv]).returncode:
+                return 1
+        finally:
+            subprocess.run(["ip", "netns", "del", netns])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
