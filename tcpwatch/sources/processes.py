@@ -33,31 +33,44 @@ def scan(wanted_inodes, proc_root: str = "/proc") -> OwnerScan:
     owners = result.owners
     readlink = os.readlink
     for pid in sorted(psutil.pids()):
-        fd_dir = f"{proc_root}/{pid}/fd"
         try:
-            names = os.listdir(fd_dir)
+            # Links are read relative to an open fd directory: no path walk per fd.
+            fd_dir = os.open(f"{proc_root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
         except PermissionError:
             result.unreadable += 1
             continue
         except OSError:  # gone, or a kernel thread with no fd table
             continue
+        try:
+            found = _socket_inodes(fd_dir, wanted_inodes, owners, readlink)
+        finally:
+            os.close(fd_dir)
         result.processes += 1
-        found = []
-        for name in names:
-            try:
-                link = readlink(f"{fd_dir}/{name}")
-            except OSError:
-                continue
-            if link.startswith(_SOCKET_PREFIX):
-                inode = int(link[8:-1])
-                if inode in wanted_inodes and inode not in owners:
-                    found.append(inode)
         if found:
             comm = _comm(proc_root, pid)
             if comm is not None:
                 for inode in found:
                     owners[inode] = comm
     return result
+
+
+def _socket_inodes(fd_dir: int, wanted_inodes, owners, readlink) -> list:
+    """Inodes of the wanted sockets this fd table holds that no lower pid holds already."""
+    found = []
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return found
+    for name in names:
+        try:
+            link = readlink(name, dir_fd=fd_dir)
+        except OSError:   # closed meanwhile
+            continue
+        if link.startswith(_SOCKET_PREFIX):
+            inode = int(link[8:-1])
+            if inode in wanted_inodes and inode not in owners:
+                found.append(inode)
+    return found
 
 
 def _comm(proc_root: str, pid: int):
