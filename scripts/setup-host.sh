@@ -14,9 +14,12 @@ for p in "${packages[@]}"; do
 done
 
 kernel=$(uname -r)
-headers_ok() { [ -e "/lib/modules/$kernel/build/include/linux/kconfig.h" ]; }
+headers_ok() {  # bcc needs both halves: build (generated, arch) and source (common)
+    [ -e "/lib/modules/$kernel/build/include/generated/autoconf.h" ] &&
+    [ -e "/lib/modules/$kernel/source/include/linux/kconfig.h" ]
+}
 if ! headers_ok; then
-    if [ "${#missing[@]}" -gt 0 ] || ! ls -d /usr/src/linux-headers-*-"$(dpkg --print-architecture)" >/dev/null 2>&1; then
+    if [ "${#missing[@]}" -gt 0 ] || ! ls -d /lib/modules/*/build >/dev/null 2>&1; then
         updated=1
         apt-get update -qq
         # The running kernel's own headers when the distribution has them (a stock kernel);
@@ -37,11 +40,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 if ! headers_ok; then
-    newest=$(ls -d /usr/src/linux-headers-*-"$(dpkg --print-architecture)" | sort -V | tail -n 1)
-    echo "setup: no headers for kernel $kernel; linking $newest (tracepoint programs only)"
+    # Reuse the build/source links Debian made for the kernel whose headers it installed
+    # (its headers are split into an arch part, build, and a common part, source).
+    donor=$(ls -d /lib/modules/*/build 2>/dev/null | grep -v "/$kernel/" | sort -V | tail -n 1)
+    donor=${donor%/build}
+    [ -n "$donor" ] || { echo "setup: no kernel headers found" >&2; exit 1; }
+    echo "setup: no headers for kernel $kernel; using those of $(basename "$donor") (tracepoint programs only)"
     mkdir -p "/lib/modules/$kernel"
-    ln -sfn "$newest" "/lib/modules/$kernel/build"
-    ln -sfn "$newest" "/lib/modules/$kernel/source"
+    ln -sfn "$(readlink -f "$donor/build")" "/lib/modules/$kernel/build"
+    ln -sfn "$(readlink -f "$donor/source" 2>/dev/null || readlink -f "$donor/build")" "/lib/modules/$kernel/source"
 fi
 
 if ! mountpoint -q /sys/kernel/tracing; then

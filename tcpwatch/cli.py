@@ -24,6 +24,14 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "run":
             return run(run_settings(args))
+        if args.command == "trace":
+            from .trace import trace
+
+            return trace(args)
+        if args.command == "doctor":
+            from .doctor import doctor
+
+            return doctor()
         return snapshot(args)
     except ConfigError as exc:
         print(f"tcpwatch: error: {exc}", file=sys.stderr)
@@ -44,24 +52,48 @@ def run(settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
 
-    registry = CollectorRegistry()
-    options = CollectorOptions(settings.process_enabled, settings.process_max_series,
-                               settings.listen_max_ports)
-    registry.register(TcpCollector(options, inet_diag.dump, processes.scan))
-    registry.register(ProcessCollector(registry=None))
     try:
-        http = server.bind(settings.listen_address, registry, settings.telemetry_path)
+        http = server.bind(settings.listen_address, None, settings.telemetry_path)
     except server.ListenError as exc:
         raise ConfigError(str(exc)) from None
-    server.serve_in_background(http)
-    log.info("listening", extra={"address": server.bound_address(http),
-                                 "path": settings.telemetry_path, "version": __version__})
-    while not stop.wait(1.0):
-        pass
-    log.info("stopping")
-    http.shutdown()
-    http.server_close()
+    program = None
+    try:
+        program = _load_ebpf(settings)
+        registry = CollectorRegistry()
+        options = CollectorOptions(settings.process_enabled, settings.process_max_series,
+                                   settings.listen_max_ports)
+        registry.register(TcpCollector(options, inet_diag.dump, processes.scan,
+                                       bpf_read=program.read if program else None))
+        registry.register(ProcessCollector(registry=None))
+        server.set_registry(http, registry)
+        server.serve_in_background(http)
+        log.info("listening", extra={"address": server.bound_address(http),
+                                     "path": settings.telemetry_path, "version": __version__,
+                                     "ebpf": program is not None})
+        while not stop.wait(0.2):
+            pass
+        log.info("stopping")
+        http.shutdown()
+    finally:
+        http.server_close()
+        if program is not None:
+            program.close()   # bcc's atexit cleanup does not run when a signal ends us
     return 0
+
+
+def _load_ebpf(settings):
+    """The loaded program, or None; with --ebpf on a failure is bad input (exit 2)."""
+    if settings.ebpf == "off":
+        return None
+    from .sources import bpf
+
+    try:
+        return bpf.BpfProgram(settings.bpf_max_sockets, settings.bpf_ports, settings.bpf_time_wait)
+    except bpf.BpfUnavailable as exc:
+        if settings.ebpf == "on":
+            raise ConfigError(f"--ebpf on: {exc}") from None
+        log.warning("ebpf disabled, serving inet_diag metrics only", extra={"reason": str(exc)})
+        return None
 
 
 def _name_process(name: str) -> None:

@@ -13,17 +13,19 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
-from . import __version__, attribution, states
-from .model import DiagSnapshot
+from . import __version__, attribution, histograms, states
+from .model import KERNEL_HELD, DiagSnapshot
 
 log = logging.getLogger(__name__)
 
 COLLECTOR_INET_DIAG = "inet_diag"
 COLLECTOR_PROCESS = "process"
+COLLECTOR_EBPF = "ebpf"
 
 
 @dataclass(frozen=True)
@@ -37,15 +39,20 @@ class TcpCollector:
     """Everything from one inet_diag dump plus the /proc owner walk."""
 
     def __init__(self, options: CollectorOptions, dump: Callable[[bool], DiagSnapshot],
-                 scan_owners: Callable, clock: Callable[[], float] = time.monotonic):
+                 scan_owners: Callable, clock: Callable[[], float] = time.monotonic,
+                 bpf_read: Optional[Callable] = None):
         self._options = options
         self._dump = dump
         self._scan_owners = scan_owners
+        self._bpf_read = bpf_read   # None: eBPF is off or could not load
         self._clock = clock
         self._lock = threading.Lock()
         self._close_wait_first_seen = attribution.FirstSeen()
         self._last_started = float("-inf")
         self._last_families: list = []
+
+    def _clock_ns(self) -> int:
+        return time.monotonic_ns() if self._clock is time.monotonic else int(self._clock() * 1e9)
 
     def describe(self):
         return []  # keeps the registry from running a dump at registration
@@ -70,11 +77,36 @@ class TcpCollector:
             "1 if the collector produced its metrics during this scrape, 0 if it failed.",
             labels=["collector"])
 
+        reading = None
+        if self._bpf_read is not None:
+            started = time.perf_counter()
+            try:
+                reading = self._bpf_read()
+                families.extend(self._bpf_families(reading))
+            except Exception as exc:
+                log.error("ebpf collector failed", extra={"error": str(exc)})
+            durations.add_metric([COLLECTOR_EBPF], time.perf_counter() - started)
+            success.add_metric([COLLECTOR_EBPF], 1.0 if reading is not None else 0.0)
+        enabled = GaugeMetricFamily("tcpwatch_ebpf_enabled",
+                                    "1 if the eBPF program is attached and read, 0 if not (see the log).")
+        enabled.add_metric([], 1.0 if self._bpf_read is not None else 0.0)
+
+        oldest = GaugeMetricFamily(
+            "tcpwatch_state_oldest_age_seconds",
+            "Age of the oldest socket now in the state. close_wait, per process (top "
+            f"{opts.process_max_series} by CLOSE_WAIT count, the rest under \"other\"): exact "
+            "when the eBPF program saw the socket enter CLOSE_WAIT, otherwise measured from the "
+            "first scrape that saw it (a lower bound). time_wait, process \"[kernel]\": 60 s "
+            "(TCP_TIMEWAIT_LEN) less the shortest timewait timer left.",
+            labels=["state", "process"])
         started = time.perf_counter()
         snap = None
         try:
             snap = self._dump(opts.process_enabled)
             families.extend(self._socket_families(snap))
+            if snap.time_wait_min_remaining_ms >= 0:
+                age = max(0.0, states.TIME_WAIT_SECONDS - snap.time_wait_min_remaining_ms / 1000.0)
+                oldest.add_metric(["time_wait", KERNEL_HELD], age)
         except Exception as exc:  # a failing source must not fail the scrape
             log.error("inet_diag collector failed", extra={"error": str(exc)})
         durations.add_metric([COLLECTOR_INET_DIAG], time.perf_counter() - started)
@@ -85,7 +117,8 @@ class TcpCollector:
             ok = False
             if snap is not None:
                 try:
-                    families.extend(self._process_families(snap))
+                    entered = reading.close_wait_entered_ns if reading is not None else {}
+                    families.extend(self._process_families(snap, entered, oldest))
                     ok = True
                 except Exception as exc:
                     log.error("process collector failed", extra={"error": str(exc)})
@@ -95,8 +128,48 @@ class TcpCollector:
         build = GaugeMetricFamily("tcpwatch_build_info", "Always 1; the version of tcpwatch running.",
                                   labels=["version"])
         build.add_metric([__version__], 1.0)
-        families.extend([durations, success, build])
+        families.extend([oldest, enabled, durations, success, build])
         return families
+
+    @staticmethod
+    def _bpf_families(reading) -> list:
+        transitions = CounterMetricFamily(
+            "tcpwatch_state_transitions_total",
+            "TCP state changes of full sockets seen by the eBPF program (sock:inet_sock_set_state), "
+            "since tcpwatch started. Timewait sockets are not full sockets: entering TIME_WAIT "
+            "shows as fin_wait2 -> close (or closing -> close).",
+            labels=["from", "to"])
+        pairs = set(states.KNOWN_TRANSITIONS) | set(reading.transitions)
+        for old, new in sorted(pairs):
+            transitions.add_metric([states.name(old), states.name(new)], reading.transitions.get((old, new), 0))
+        duration = HistogramMetricFamily(
+            "tcpwatch_state_duration_seconds",
+            "Time sockets spent in a state, observed when they leave it (a socket still in the "
+            "state is not counted: see tcpwatch_state_oldest_age_seconds). time_wait: life of "
+            "timewait sockets, from creation to expiry or early reuse.",
+            labels=["state"])
+        for state in states.TIMED:
+            slots = reading.duration_slots.get(state, [])
+            buckets = [(floatToGoString(le), count) for le, count in histograms.cumulative_buckets(slots)]
+            duration.add_metric([states.name(state)], buckets, reading.duration_sum_ns.get(state, 0) / 1e9)
+        untracked = CounterMetricFamily(
+            "tcpwatch_ebpf_untracked_total",
+            "Events the eBPF program could not time. unknown_socket: a socket left a state it "
+            "entered before tcpwatch attached, or whose entry the full LRU map evicted "
+            "(--collector.bpf.max-sockets). unknown_time_wait: the same for timewait sockets.",
+            labels=["reason"])
+        for reason in ("unknown_socket", "unknown_time_wait"):
+            untracked.add_metric([reason], reading.counters.get(reason, 0))
+        retransmits = CounterMetricFamily(
+            "tcpwatch_retransmits_total", "TCP segments retransmitted (tcp:tcp_retransmit_skb).")
+        retransmits.add_metric([], reading.counters.get("retransmits", 0))
+        resets = CounterMetricFamily(
+            "tcpwatch_resets_total",
+            "TCP resets sent (tcp:tcp_send_reset) and received (tcp:tcp_receive_reset).",
+            labels=["direction"])
+        resets.add_metric(["sent"], reading.counters.get("resets_sent", 0))
+        resets.add_metric(["received"], reading.counters.get("resets_received", 0))
+        return [transitions, duration, untracked, retransmits, resets]
 
     def _socket_families(self, snap: DiagSnapshot) -> list:
         sockets = GaugeMetricFamily(
@@ -124,12 +197,19 @@ class TcpCollector:
             limit.add_metric([port], capacity)
         return [sockets, length, limit]
 
-    def _process_families(self, snap: DiagSnapshot) -> list:
+    def _process_families(self, snap: DiagSnapshot, bpf_entered_ns: dict, oldest) -> list:
         opts = self._options
         scan = self._scan_owners(snap.inode_states.keys())
         ownership = attribution.attribute(snap, scan.owners)
         now = self._clock()
-        first_seen = self._close_wait_first_seen.update((s.cookie for s in snap.close_wait), now)
+        first_seen = dict(self._close_wait_first_seen.update((s.cookie for s in snap.close_wait), now))
+        if bpf_entered_ns:
+            # The program's entry times are exact; CLOCK_MONOTONIC in ns, like our clock.
+            offset = now - self._clock_ns() / 1e9
+            for sock in snap.close_wait:
+                entered = bpf_entered_ns.get(sock.tuple_key())
+                if entered is not None:
+                    first_seen[sock.cookie] = min(first_seen[sock.cookie], entered / 1e9 + offset)
 
         per_process = GaugeMetricFamily(
             "tcpwatch_process_sockets",
@@ -143,12 +223,6 @@ class TcpCollector:
             for state in states.REPORTED:
                 per_process.add_metric([process, states.name(state)], counts.get(state, 0))
 
-        oldest = GaugeMetricFamily(
-            "tcpwatch_state_oldest_age_seconds",
-            "Age of the oldest socket now in the state, per process. Measured from the first "
-            "scrape that saw the socket in that state, so a lower bound. Top "
-            f"{opts.process_max_series} processes by CLOSE_WAIT count, the rest under \"other\".",
-            labels=["state", "process"])
         for process, age in sorted(attribution.oldest_close_wait(
                 snap, ownership, first_seen, now, opts.process_max_series).items()):
             oldest.add_metric(["close_wait", process], age)
@@ -158,4 +232,4 @@ class TcpCollector:
             "Processes whose open files could not be read at this scrape (missing "
             "CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH); their sockets count as \"[unknown]\".")
         unreadable.add_metric([], scan.unreadable)
-        return [per_process, oldest, unreadable]
+        return [per_process, unreadable]

@@ -14,6 +14,7 @@ DEFAULT_PORT = 9787
 DEFAULT_LISTEN_ADDRESS = f":{DEFAULT_PORT}"
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("logfmt", "json")
+EBPF_MODES = ("auto", "on", "off")
 
 
 class ConfigError(Exception):
@@ -58,6 +59,34 @@ def _non_negative(text) -> int:
     return value
 
 
+def _ebpf_mode(text) -> str:
+    if isinstance(text, bool):   # YAML 1.1 reads a bare on/off as a boolean
+        text = "on" if text else "off"
+    if text not in EBPF_MODES:
+        raise argparse.ArgumentTypeError(f"{text!r} must be one of {', '.join(EBPF_MODES)}")
+    return text
+
+
+def _max_sockets(text) -> int:
+    value = _non_negative(text)
+    if not 1 <= value <= 1 << 24:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 1 to 16777216")
+    return value
+
+
+def parse_port_range(text):
+    """``LO-HI`` (or one port) as a (lo, hi) pair; "" or None means every port."""
+    if text in (None, ""):
+        return None
+    if not isinstance(text, str):
+        text = str(text)
+    lo, _, hi = text.partition("-")
+    hi = hi or lo
+    if not (lo.isdigit() and hi.isdigit()) or not 0 < int(lo) <= int(hi) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a port range LO-HI within 1-65535")
+    return (int(lo), int(hi))
+
+
 def _telemetry_path(text) -> str:
     if not isinstance(text, str) or not text.startswith("/") or any(c.isspace() for c in text):
         raise argparse.ArgumentTypeError(f"{text!r} must be a path starting with / and without spaces")
@@ -73,6 +102,35 @@ class RunSettings:
     process_enabled: bool
     process_max_series: int
     listen_max_ports: int
+    ebpf: str
+    bpf_max_sockets: int
+    bpf_ports: object        # (lo, hi) or None for every port
+    bpf_time_wait: bool
+
+
+def _port(text) -> int:
+    if not str(text).isdigit() or not 0 < int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
+
+
+def _state_name(text) -> str:
+    from .states import BY_NAME
+
+    name = str(text).lower().replace("-", "_")
+    if name not in BY_NAME:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP state (e.g. close_wait, syn_sent)")
+    return name
+
+
+def _seconds(text) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,9 +149,17 @@ _RUN_OPTIONS = (
      "process names exported before the rest are summed under process=\"other\""),
     ("--collector.listen.max-ports", "listen_max_ports", _non_negative, 64,
      "listening ports exported before the rest are summed under port=\"other\""),
+    ("--ebpf", "ebpf", _ebpf_mode, "auto",
+     "auto: use eBPF when it loads, else warn and go on without; on: exit 2 if it cannot load; off"),
+    ("--collector.bpf.max-sockets", "bpf_max_sockets", _max_sockets, 65536,
+     "sockets the eBPF program times at once (LRU maps; evictions are counted)"),
+    ("--collector.bpf.ports", "bpf_ports", parse_port_range, None,
+     "time only connections with a local or remote port in LO-HI (default: every port)"),
 )
 _BOOL_OPTIONS = (
     ("--collector.process", "process_enabled", True, "attribute sockets to processes (walks /proc/*/fd)"),
+    ("--collector.bpf.time-wait", "bpf_time_wait", True,
+     "time TIME_WAIT sockets through the kernel's timer tracepoints"),
 )
 CONFIG_KEYS = {flag[2:]: dest for flag, dest, *_ in _RUN_OPTIONS + _BOOL_OPTIONS}
 
@@ -108,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, dest, _default, text in _BOOL_OPTIONS:
         run.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
                          default=argparse.SUPPRESS, help=text)
+    trace = commands.add_parser("trace", help="print TCP state changes live, one line each")
+    trace.add_argument("--json", action="store_true", help="one JSON object per line")
+    trace.add_argument("--port", type=_port, help="only connections with this local or remote port")
+    trace.add_argument("--state", type=_state_name, help="only transitions from or to this state")
+    trace.add_argument("--duration", type=_seconds, help="stop after this many seconds")
+    commands.add_parser("doctor", help="check what eBPF needs here and how to fix what is missing")
     snap = commands.add_parser("snapshot", help="print one dump for a person")
     snap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     snap.add_argument("--top", type=_non_negative, default=10, help="rows in the owners and queues tables")

@@ -41,7 +41,14 @@ class Listener:
 class CloseWaitSocket:
     cookie: int         # the kernel's socket cookie: stable for the socket's life
     inode: int          # 0 while the socket waits in an accept queue
-    endpoint: Endpoint
+    endpoint: Endpoint  # local end
+    remote_address: bytes = b""
+    remote_port: int = 0
+
+    def tuple_key(self) -> tuple:
+        """Joins this socket to the eBPF program's CLOSE_WAIT entry times (same layout)."""
+        family = 2 if self.endpoint.family == "ipv4" else 10
+        return (family, self.endpoint.port, self.remote_port, self.endpoint.address, self.remote_address)
 
 
 @dataclass
@@ -52,6 +59,7 @@ class DiagSnapshot:
     listeners: list = field(default_factory=list)            # [Listener]
     inode_states: dict = field(default_factory=dict)         # inode -> state, inode != 0
     unaccepted: Counter = field(default_factory=Counter)     # (Endpoint, state) -> sockets, inode 0
+    time_wait_min_remaining_ms: int = -1                     # shortest TIME_WAIT timer left; -1: none
     close_wait: list = field(default_factory=list)           # [CloseWaitSocket]
 
     def total(self) -> int:
@@ -63,3 +71,14 @@ class DiagSnapshot:
         for (_family, state), count in self.counts.items():
             totals[state] += count
         return totals
+
+
+@dataclass
+class BpfReading:
+    """What the eBPF program's maps hold at one scrape, summed over CPUs."""
+
+    transitions: dict = field(default_factory=dict)            # (from, to) -> count
+    duration_slots: dict = field(default_factory=dict)         # state -> [count per log2 ns slot]
+    duration_sum_ns: dict = field(default_factory=dict)        # state -> ns
+    counters: dict = field(default_factory=dict)               # name -> count
+    close_wait_entered_ns: dict = field(default_factory=dict)  # 4-tuple key -> CLOCK_MONOTONIC ns

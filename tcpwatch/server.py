@@ -24,7 +24,7 @@ class ListenError(Exception):
     """The listen address cannot be bound."""
 
 
-def _handler_class(registry, telemetry_path: str):
+def _handler_class(holder: dict, telemetry_path: str):
     landing = (
         "<html><head><title>tcpwatch</title></head><body><h1>tcpwatch</h1>"
         f'<p><a href="{telemetry_path}">Metrics</a></p></body></html>'
@@ -38,6 +38,10 @@ def _handler_class(registry, telemetry_path: str):
         def do_GET(self):
             path = self.path.split("?", 1)[0]
             if path == telemetry_path:
+                registry = holder.get("registry")
+                if registry is None:
+                    self._reply(503, "text/plain; charset=utf-8", b"starting\n")
+                    return
                 encoder, content_type = choose_encoder(self.headers.get("Accept"))
                 self._reply(200, content_type, encoder(registry))
             elif path == "/":
@@ -73,8 +77,23 @@ class _Server6(_Server):
 
 
 def bind(address: ListenAddress, registry, telemetry_path: str) -> ThreadingHTTPServer:
-    """Bind and listen now, so that a bad address fails before anything else starts."""
-    handler = _handler_class(registry, telemetry_path)
+    """Bind and listen now, so that a bad address fails before anything else starts.
+
+    ``registry`` may be given later with ``set_registry`` (after slow set-up such as loading
+    eBPF); until then the server is not serving anyway.
+    """
+    holder = {"registry": registry}
+    handler = _handler_class(holder, telemetry_path)
+    server = _bind(address, handler)
+    server.registry_holder = holder
+    return server
+
+
+def set_registry(server, registry) -> None:
+    server.registry_holder["registry"] = registry
+
+
+def _bind(address: ListenAddress, handler):
     host = address.host
     try:
         if host == "":

@@ -50,6 +50,26 @@ ACCEPT_QUEUE_STATES = frozenset((SYN_RECV, ESTABLISHED, CLOSE_WAIT))
 
 FAMILIES = ("ipv4", "ipv6")
 
+# States a socket can be timed in: entered and left through the tracepoint. CLOSE is where
+# sockets start and end, and TIME_WAIT is timed through the timewait timer instead.
+TIMED = (ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, TIME_WAIT, CLOSE_WAIT,
+         LAST_ACK, LISTEN, CLOSING)
+
+# Transitions the kernel's state machine makes, as sock:inet_sock_set_state reports them:
+# exported at 0 before they happen so that rate() sees their first increase. Others that
+# occur are exported too. None names TIME_WAIT or NEW_SYN_RECV (not full-socket states).
+KNOWN_TRANSITIONS = (
+    (CLOSE, SYN_SENT), (CLOSE, LISTEN), (LISTEN, CLOSE), (LISTEN, SYN_RECV),
+    (SYN_SENT, ESTABLISHED), (SYN_SENT, CLOSE), (SYN_RECV, ESTABLISHED), (SYN_RECV, CLOSE),
+    (SYN_RECV, FIN_WAIT1), (ESTABLISHED, FIN_WAIT1), (ESTABLISHED, CLOSE_WAIT),
+    (ESTABLISHED, CLOSE), (FIN_WAIT1, FIN_WAIT1), (FIN_WAIT1, FIN_WAIT2), (FIN_WAIT1, CLOSING),
+    (FIN_WAIT1, CLOSE), (FIN_WAIT2, CLOSE), (CLOSING, CLOSE), (CLOSE_WAIT, LAST_ACK),
+    (CLOSE_WAIT, CLOSE), (LAST_ACK, CLOSE),
+)
+
+# TCP_TIMEWAIT_LEN: how long a timewait socket lives unless reused or reset.
+TIME_WAIT_SECONDS = 60.0
+
 
 def name(state: int) -> str:
     """Label name of a kernel state number; unknown numbers keep their number visible."""

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from helpers import parse_metrics, value
 from tcpwatch import states
 from tcpwatch.collector import CollectorOptions, TcpCollector
-from tcpwatch.model import CloseWaitSocket, DiagSnapshot, Endpoint, Listener
+from tcpwatch.model import BpfReading, CloseWaitSocket, DiagSnapshot, Endpoint, Listener
 from tcpwatch.sources.processes import OwnerScan
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
@@ -34,9 +34,23 @@ def hand_built_snapshot():
     snap.inode_states = {1: states.LISTEN, 2: states.ESTABLISHED, 3: states.ESTABLISHED,
                          4: states.CLOSE_WAIT}
     snap.unaccepted = Counter({(Endpoint("ipv4", LOCAL, 8080), states.CLOSE_WAIT): 1})
-    snap.close_wait = [CloseWaitSocket(40, 4, Endpoint("ipv4", LOCAL, 8080)),
-                       CloseWaitSocket(41, 0, Endpoint("ipv4", LOCAL, 8080))]
+    snap.close_wait = [CloseWaitSocket(40, 4, Endpoint("ipv4", LOCAL, 8080), LOCAL, 50000),
+                       CloseWaitSocket(41, 0, Endpoint("ipv4", LOCAL, 8080), LOCAL, 50001)]
+    snap.time_wait_min_remaining_ms = 45000
     return snap
+
+
+def hand_built_reading():
+    """Four handshakes of about 0.6 ms, one failed; socket 40 entered CLOSE_WAIT at t=900 s."""
+    slots = [0] * 64
+    slots[20] = 4
+    return BpfReading(
+        transitions={(states.CLOSE, states.SYN_SENT): 5, (states.SYN_SENT, states.ESTABLISHED): 4,
+                     (states.SYN_SENT, states.CLOSE): 1, (states.ESTABLISHED, states.SYN_SENT): 0},
+        duration_slots={states.SYN_SENT: slots},
+        duration_sum_ns={states.SYN_SENT: 4 * 600_000},
+        counters={"unknown_socket": 2, "retransmits": 7, "resets_sent": 1, "resets_received": 3},
+        close_wait_entered_ns={(2, 8080, 50000, LOCAL, LOCAL): 900 * 10**9})
 
 
 class Clock:
@@ -47,9 +61,9 @@ class Clock:
         return self.now
 
 
-def registry_for(dump, scan, clock=None, options=CollectorOptions()):
+def registry_for(dump, scan, clock=None, options=CollectorOptions(), bpf_read=None):
     registry = CollectorRegistry()
-    collector = TcpCollector(options, dump, scan, clock or Clock())
+    collector = TcpCollector(options, dump, scan, clock or Clock(), bpf_read)
     registry.register(collector)
     return registry, collector
 
@@ -64,7 +78,8 @@ def normalised(text):
 
 def test_golden_exposition():
     clock = Clock()
-    registry, _ = registry_for(lambda want: hand_built_snapshot(), owners, clock)
+    registry, _ = registry_for(lambda want: hand_built_snapshot(), owners, clock,
+                               bpf_read=hand_built_reading)
     generate_latest(registry)
     clock.now += 42.0
     text = normalised(generate_latest(registry).decode())
@@ -78,6 +93,31 @@ def test_golden_exposition_passes_promtool():
     result = subprocess.run(["promtool", "check", "metrics"], input=GOLDEN.read_text(),
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ebpf_entry_time_makes_close_wait_age_exact():
+    clock = Clock()
+    registry, _ = registry_for(lambda want: hand_built_snapshot(), owners, clock,
+                               bpf_read=hand_built_reading)
+    samples = parse_metrics(generate_latest(registry).decode())
+    # socket 40 entered CLOSE_WAIT at 900 s by the program's clock; the scrape is at 1000 s
+    assert value(samples, "tcpwatch_state_oldest_age_seconds", state="close_wait", process="web") == 100.0
+    assert value(samples, "tcpwatch_state_oldest_age_seconds", state="time_wait", process="[kernel]") == 15.0
+    assert value(samples, "tcpwatch_ebpf_enabled") == 1
+    assert value(samples, "tcpwatch_state_transitions_total", **{"from": "syn_sent", "to": "established"}) == 4
+    assert value(samples, "tcpwatch_state_transitions_total", **{"from": "listen", "to": "syn_recv"}) == 0
+    assert value(samples, "tcpwatch_state_duration_seconds_count", state="syn_sent") == 4
+    assert value(samples, "tcpwatch_state_duration_seconds_sum", state="syn_sent") == 0.0024
+    assert value(samples, "tcpwatch_state_duration_seconds_bucket", state="syn_sent", le="0.000524288") == 0
+    assert value(samples, "tcpwatch_state_duration_seconds_bucket", state="syn_sent", le="0.001048576") == 4
+    assert value(samples, "tcpwatch_resets_total", direction="received") == 3
+
+
+def test_without_ebpf_the_gauge_says_so():
+    registry, _ = registry_for(lambda want: hand_built_snapshot(), owners)
+    samples = parse_metrics(generate_latest(registry).decode())
+    assert value(samples, "tcpwatch_ebpf_enabled") == 0
+    assert not [k for k in samples if k[0] == "tcpwatch_state_transitions_total"]
 
 
 def test_close_wait_age_grows_between_scrapes_and_is_owned():

@@ -32,7 +32,10 @@ _INODE = struct.Struct("=I")
 _INODE_AT = _NLMSGHDR_LEN + 68
 _SPORT = struct.Struct(">H")
 _SPORT_AT = _NLMSGHDR_LEN + 4
+_DPORT_AT = _NLMSGHDR_LEN + 6
 _SRC_AT = _NLMSGHDR_LEN + 8
+_DST_AT = _NLMSGHDR_LEN + 24
+_EXPIRES_AT = _NLMSGHDR_LEN + 52          # idiag_expires: ms left on the socket's timer
 _COOKIE = struct.Struct("=Q")
 _COOKIE_AT = _NLMSGHDR_LEN + 44
 _QUEUES = struct.Struct("=II")            # idiag_rqueue, idiag_wqueue
@@ -133,6 +136,12 @@ class Decoder:
         for state in states.REPORTED:
             per_state[state] += state_bytes.count(state)
         inodes = words[_INODE_AT // 4:end // 4:step].tolist()
+        time_waits = state_bytes.count(states.TIME_WAIT)
+        if time_waits:
+            expires = words[_EXPIRES_AT // 4:end // 4:step].tolist()
+            if time_waits != count:
+                expires = [ms for ms, state in zip(expires, state_bytes) if state == states.TIME_WAIT]
+            self._note_time_wait(min(expires))
         if self.want_owners:
             self.snap.inode_states.update(zip(inodes, state_bytes))
         for state in (states.LISTEN, states.CLOSE_WAIT):
@@ -169,6 +178,8 @@ class Decoder:
                 if state == states.LISTEN or state == states.CLOSE_WAIT or (
                         not inode and state in _QUEUED_STATES):
                     self._note_special(data, offset, state, inode)
+                elif state == states.TIME_WAIT:
+                    self._note_time_wait(unpack_inode(data, offset + _EXPIRES_AT)[0])
             elif msg_type == NLMSG_DONE:
                 self._finish()
             elif msg_type == NLMSG_ERROR:
@@ -190,9 +201,17 @@ class Decoder:
             return
         if state == states.CLOSE_WAIT:
             cookie = _COOKIE.unpack_from(data, offset + _COOKIE_AT)[0]
-            snap.close_wait.append(CloseWaitSocket(cookie, inode, endpoint))
+            snap.close_wait.append(CloseWaitSocket(
+                cookie, inode, endpoint,
+                bytes(data[offset + _DST_AT:offset + _DST_AT + self._addr_len]),
+                _SPORT.unpack_from(data, offset + _DPORT_AT)[0]))
         if not inode and self.want_owners:
             snap.unaccepted[(endpoint, state)] += 1
+
+    def _note_time_wait(self, remaining_ms: int) -> None:
+        current = self.snap.time_wait_min_remaining_ms
+        if current < 0 or remaining_ms < current:
+            self.snap.time_wait_min_remaining_ms = remaining_ms
 
     def _finish(self) -> None:
         self.done = True

@@ -1,0 +1,1 @@
+"""The eBPF C program, shipped as package data."""

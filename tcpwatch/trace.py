@@ -1,0 +1,68 @@
+"""``tcpwatch trace``: TCP state changes live, for a person debugging.
+
+The only place where events cross to user space one by one (a perf buffer); the daemon never
+does this.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sys
+import time
+
+from . import states
+from .config import ConfigError
+from .sources import bpf
+
+
+def _address(family: int, raw) -> str:
+    data = bytes(raw)
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, data[:4])
+    return "[" + socket.inet_ntop(socket.AF_INET6, data[:16]) + "]"
+
+
+def trace(args) -> int:
+    try:
+        program = bpf.BpfProgram(max_sockets=65536, port_range=(args.port, args.port) if args.port else None,
+                                 track_time_wait=False, emit_events=True)
+    except bpf.BpfUnavailable as exc:
+        raise ConfigError(f"trace needs eBPF: {exc}") from None
+    stopping = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.append(True))
+    wall_offset = time.time() - time.monotonic()
+    wanted = states.BY_NAME.get(args.state) if args.state else None
+
+    def show(event):
+        if wanted is not None and wanted not in (event.oldstate, event.newstate):
+            return
+        t = event.tuple
+        record = {
+            "time": round(event.ts_ns / 1e9 + wall_offset, 6),
+            "local": f"{_address(t.family, t.saddr)}:{t.sport}",
+            "remote": f"{_address(t.family, t.daddr)}:{t.dport}",
+            "from": states.name(event.oldstate), "to": states.name(event.newstate),
+            "seconds_in_from": round(event.dwell_ns / 1e9, 6) if event.dwell_ns else None,
+        }
+        if args.json:
+            print(json.dumps(record), flush=True)
+        else:
+            stamp = time.strftime("%H:%M:%S", time.localtime(record["time"])) + f".{int(record['time'] % 1 * 1e6):06d}"
+            dwell = f"{record['seconds_in_from']:.6f}s" if record["seconds_in_from"] is not None else "-"
+            print(f"{stamp} {record['local']:>28} {record['remote']:>28} "
+                  f"{record['from']:>11} -> {record['to']:<11} {dwell}", flush=True)
+
+    deadline = time.monotonic() + args.duration if args.duration else None
+    try:
+        if not args.json:
+            print(f"{'TIME':15} {'LOCAL':>28} {'REMOTE':>28} {'FROM':>11}    {'TO':<11} IN FROM", flush=True)
+        while not stopping and (deadline is None or time.monotonic() < deadline):
+            program.poll_events(show, timeout_ms=100)
+    except BrokenPipeError:
+        pass
+    finally:
+        program.close()
+    return 0

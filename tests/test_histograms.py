@@ -1,0 +1,21 @@
+from tcpwatch import histograms
+
+
+def test_slots_become_cumulative_second_buckets_with_empty_ones_filled():
+    slots = [0] * 64
+    slots[3] = 2      # below the first bound: counted in every bucket
+    slots[20] = 5     # [2^19, 2^20) ns
+    slots[50] = 1     # beyond the last bound: only in +Inf
+    buckets = histograms.cumulative_buckets(slots)
+    assert len(buckets) == histograms.LAST_SLOT - histograms.FIRST_SLOT + 2
+    assert buckets[0] == (2 ** 10 / 1e9, 2)
+    as_dict = dict(buckets)
+    assert as_dict[2 ** 19 / 1e9] == 2 and as_dict[2 ** 20 / 1e9] == 7
+    assert buckets[-2][1] == 7 and buckets[-1] == (float("inf"), 8)
+    counts = [c for _, c in buckets]
+    assert counts == sorted(counts)
+
+
+def test_bounds_cover_a_microsecond_to_hours():
+    bounds = histograms.bucket_bounds_seconds()
+    assert bounds[0] < 2e-6 and bounds[-1] > 3600 * 9
