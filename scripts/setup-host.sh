@@ -6,7 +6,7 @@
 set -euo pipefail
 
 packages=(python3 python3-venv python3-bpfcc iproute2)
-[ "${1:-}" = "--test" ] && packages+=(prometheus)
+[ "${1:-}" = "--test" ] && packages+=(prometheus bpftool)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -58,9 +58,22 @@ class Workload:
             raise RuntimeError(f"workload {scenario} failed to start")
         self.info = json.loads(line)
 
+    def next_info(self):
+        """The next JSON line the workload prints (scenarios that report progress)."""
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("workload ended early")
+        return json.loads(line)
+
+    def wait(self, timeout=30):
+        """Close stdin and wait for the exit code."""
+        self.proc.stdin.close()
+        return self.proc.wait(timeout=timeout)
+
     def stop(self):
         if self.proc.poll() is None:
-            self.proc.stdin.close()
+            if not self.proc.stdin.closed:
+                self.proc.stdin.close()
             try:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -68,9 +81,9 @@ class Workload:
                 self.proc.wait()
 
 
-def ss_counts(netns, family):
+def ss_counts(netns, family, *filters):
     """Sockets per state as ``ss -tan`` sees them in ``netns``: the cross-check."""
-    out = subprocess.run(in_netns(netns, ["ss", "-tanH", f"-{family}"]), check=True,
+    out = subprocess.run(in_netns(netns, ["ss", "-tanH", f"-{family}", *filters]), check=True,
                          capture_output=True, text=True).stdout
     counts = {name: 0 for name in SS_STATES.values()}
     for line in out.splitlines():
@@ -103,9 +116,13 @@ def series(samples, name):
 class Daemon:
     """``tcpwatch run`` on 127.0.0.1 with a free port chosen by the kernel."""
 
-    def __init__(self, *flags, netns=None):
+    def __init__(self, *flags, netns=None, wrapper=()):
         self.netns = netns
-        argv = [PYTHON, "-m", "tcpwatch", "run", "--web.listen-address", "127.0.0.1:0", *flags]
+        argv = [*wrapper, PYTHON, "-m", "tcpwatch", "run", "--web.listen-address", "127.0.0.1:0", *flags]
+        if netns:
+            # `ip netns exec` mounts a fresh /sys, without tracefs: mount it there for bcc.
+            argv = ["sh", "-c", 'mountpoint -q /sys/kernel/tracing || '
+                    'mount -t tracefs tracefs /sys/kernel/tracing; exec "$@"', "sh", *argv]
         self.proc = subprocess.Popen(in_netns(netns, argv), cwd=ROOT, stderr=subprocess.PIPE,
                                      text=True)
         self.log = []

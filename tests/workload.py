@@ -12,6 +12,7 @@ import ctypes
 import json
 import socket
 import sys
+import time
 
 PR_SET_NAME = 15
 
@@ -25,9 +26,13 @@ def host(family):
     return "::1" if family == 6 else "127.0.0.1"
 
 
-def listener(family, backlog=128):
+LISTEN_PORT = 0
+
+
+def listener(family, backlog=128, port=None):
     sock = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind((host(family), 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host(family), LISTEN_PORT if port is None else port))
     sock.listen(backlog)
     return sock
 
@@ -110,9 +115,105 @@ def scenario_pairs(args, held):
     return {}
 
 
+def say(info):
+    print(json.dumps(info), flush=True)
+
+
+def scenario_churn(args, held):
+    """``count`` connections opened and closed, the client closing first; then the listener."""
+    lst = listener(args.family)
+    for client, server in pairs(lst, args.family, args.count):
+        client.close()
+        server.settimeout(5)
+        assert server.recv(1) == b""
+        server.close()
+    lst.close()
+    return {}
+
+
+def scenario_close_wait_for(args, held):
+    """``count`` CLOSE_WAIT sockets held for ``--seconds``, then closed."""
+    lst = listener(args.family)
+    servers = []
+    for client, server in pairs(lst, args.family, args.count):
+        client.close()
+        server.settimeout(5)
+        assert server.recv(1) == b""   # the FIN has arrived: CLOSE_WAIT
+        servers.append(server)
+    started = time.monotonic()
+    say({"state": "close_wait"})
+    time.sleep(max(0.0, args.seconds - (time.monotonic() - started)))
+    for server in servers:
+        server.close()
+    held.append(lst)
+    return {"state": "released", "held_seconds": time.monotonic() - started}
+
+
+def scenario_fin_wait1_self(args, held):
+    """shutdown(SHUT_WR) then close() while our FIN is still unacknowledged behind unread
+    data: the kernel reports FIN_WAIT1 -> FIN_WAIT1."""
+    lst = listener(args.family)
+    server_side = None
+    client = socket.socket(socket.AF_INET6 if args.family == 6 else socket.AF_INET)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    client.connect((host(args.family), lst.getsockname()[1]))
+    server_side, _ = lst.accept()
+    client.setblocking(False)
+    sent = 0
+    for _ in range(4096):                 # fill the peer's window and our send buffer
+        try:
+            sent += client.send(b"x" * 65536)
+        except BlockingIOError:
+            break
+    client.shutdown(socket.SHUT_WR)       # FIN queued behind unsent data: FIN_WAIT1
+    client.close()                        # FIN_WAIT1 -> FIN_WAIT1
+    server_side.settimeout(10)
+    received = 0
+    while True:                           # drain, so the orphan can finish its close
+        chunk = server_side.recv(1 << 20)
+        if not chunk:
+            break
+        received += len(chunk)
+    server_side.close()
+    lst.close()
+    return {"sent": sent, "received": received}
+
+
+def scenario_time_wait(args, held):
+    """Two TIME_WAIT sockets on fixed client ports: the first left to expire, the second
+    reused after ``--seconds`` by a new connection on the same 4-tuple."""
+    lst = listener(args.family)
+    held.append(lst)
+    port = lst.getsockname()[1]
+
+    def connect_from(client_port):
+        client = socket.socket(socket.AF_INET6 if args.family == 6 else socket.AF_INET)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        client.bind((host(args.family), client_port))
+        client.connect((host(args.family), port))
+        server, _ = lst.accept()
+        return client, server
+
+    for client_port in (args.client_port, args.client_port + 1):
+        client, server = connect_from(client_port)
+        client.close()                    # active closer: TIME_WAIT
+        server.settimeout(5)
+        assert server.recv(1) == b""
+        server.close()
+    say({"state": "time_wait"})
+    time.sleep(args.seconds)
+    client, server = connect_from(args.client_port + 1)   # reuses the second TIME_WAIT
+    held += [client, server]
+    return {"state": "reused"}
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["states", "leak", "listen", "connect", "pairs"])
+    parser.add_argument("scenario", choices=["states", "leak", "listen", "connect", "pairs", "churn",
+                                             "close_wait_for", "fin_wait1_self", "time_wait"])
+    parser.add_argument("--listen-port", type=int, default=0)
+    parser.add_argument("--client-port", type=int, default=0)
+    parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--family", type=int, choices=[4, 6], default=4)
     parser.add_argument("--comm")
@@ -120,9 +221,11 @@ def main():
     parser.add_argument("--close", type=int, default=0)
     args = parser.parse_args()
     set_comm(args.comm)
+    global LISTEN_PORT
+    LISTEN_PORT = args.listen_port
     held = []
     info = globals()[f"scenario_{args.scenario}"](args, held)
-    print(json.dumps(info), flush=True)
+    say(info)
     sys.stdin.read()  # hold until the test closes our stdin
 
 
