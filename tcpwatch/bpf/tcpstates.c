@@ -229,13 +229,35 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
             bump(C_UNKNOWN_SOCKET);   /* a new child's first event is LISTEN -> SYN_RECV */
         }
         if (newstate == TCP_CLOSE) {
-            socket_states.delete(&sk);
+            if (entry)
+                socket_states.delete(&sk);
+        } else if (entry) {           /* in place: cheaper than replacing the element */
+            entry->ns = now;
+            entry->state = newstate;
         } else {
             struct entered fresh = {.ns = now, .state = newstate};
             socket_states.update(&sk, &fresh);
         }
     }
 
+    /* The 4-tuple is built only for the few transitions that need it. */
+    int close_wait_edge = (newstate == TCP_CLOSE_WAIT) != (oldstate == TCP_CLOSE_WAIT);
+#ifdef TRACK_TIME_WAIT
+    int tw_edge = (newstate == TCP_CLOSE &&
+                   (oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING || oldstate == TCP_FIN_WAIT1)) ||
+                  (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) ||
+                  (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) ||
+                  (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV);
+#else
+    int tw_edge = 0;
+#endif
+#ifdef EMIT_EVENTS
+    int want_tuple = 1;
+#else
+    int want_tuple = close_wait_edge || tw_edge;
+#endif
+    if (!want_tuple)
+        return 0;
     struct tuple t = {.family = args->family, .sport = args->sport, .dport = args->dport};
     if (args->family == AF_INET) {
         __builtin_memcpy(t.saddr, args->saddr, 4);
@@ -244,19 +266,20 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         __builtin_memcpy(t.saddr, args->saddr_v6, 16);
         __builtin_memcpy(t.daddr, args->daddr_v6, 16);
     }
-    if (newstate == TCP_CLOSE_WAIT && oldstate != TCP_CLOSE_WAIT)
-        close_wait_entered.update(&t, &now);
-    else if (oldstate == TCP_CLOSE_WAIT && newstate != TCP_CLOSE_WAIT)
-        close_wait_entered.delete(&t);
+    if (close_wait_edge) {
+        if (newstate == TCP_CLOSE_WAIT)
+            close_wait_entered.update(&t, &now);
+        else
+            close_wait_entered.delete(&t);
+    }
 
 #ifdef TRACK_TIME_WAIT
-    if (newstate == TCP_CLOSE &&
-        (oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING || oldstate == TCP_FIN_WAIT1))
-        tw_pair(&t, now);
-    else if ((oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) ||
-             (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) ||
-             (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV))
-        tw_reused(&t, now);
+    if (tw_edge) {
+        if (newstate == TCP_CLOSE)
+            tw_pair(&t, now);
+        else
+            tw_reused(&t, now);
+    }
 #endif
 
 #ifdef EMIT_EVENTS
