@@ -22,7 +22,12 @@ def set_comm(name):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
+HOST = None
+
+
 def host(family):
+    if HOST:
+        return HOST
     return "::1" if family == 6 else "127.0.0.1"
 
 
@@ -212,6 +217,7 @@ def main():
     parser.add_argument("scenario", choices=["states", "leak", "listen", "connect", "pairs", "churn",
                                              "close_wait_for", "fin_wait1_self", "time_wait"])
     parser.add_argument("--listen-port", type=int, default=0)
+    parser.add_argument("--host", help="address to listen on or connect to (default loopback)")
     parser.add_argument("--client-port", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--count", type=int, default=1)
@@ -221,8 +227,9 @@ def main():
     parser.add_argument("--close", type=int, default=0)
     args = parser.parse_args()
     set_comm(args.comm)
-    global LISTEN_PORT
+    global LISTEN_PORT, HOST
     LISTEN_PORT = args.listen_port
+    HOST = args.host
     held = []
     info = globals()[f"scenario_{args.scenario}"](args, held)
     say(info)
