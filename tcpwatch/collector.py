@@ -51,9 +51,6 @@ class TcpCollector:
         self._last_started = float("-inf")
         self._last_families: list = []
 
-    def _clock_ns(self) -> int:
-        return time.monotonic_ns() if self._clock is time.monotonic else int(self._clock() * 1e9)
-
     def describe(self):
         return []  # keeps the registry from running a dump at registration
 
@@ -203,13 +200,11 @@ class TcpCollector:
         ownership = attribution.attribute(snap, scan.owners)
         now = self._clock()
         first_seen = dict(self._close_wait_first_seen.update((s.cookie for s in snap.close_wait), now))
-        if bpf_entered_ns:
-            # The program's entry times are exact; CLOCK_MONOTONIC in ns, like our clock.
-            offset = now - self._clock_ns() / 1e9
-            for sock in snap.close_wait:
-                entered = bpf_entered_ns.get(sock.tuple_key())
-                if entered is not None:
-                    first_seen[sock.cookie] = min(first_seen[sock.cookie], entered / 1e9 + offset)
+        # The program's entry times are exact, in ns of CLOCK_MONOTONIC: our clock.
+        for sock in snap.close_wait:
+            entered = bpf_entered_ns.get(sock.tuple_key())
+            if entered is not None:
+                first_seen[sock.cookie] = min(first_seen[sock.cookie], entered / 1e9)
 
         per_process = GaugeMetricFamily(
             "tcpwatch_process_sockets",

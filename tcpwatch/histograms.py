@@ -11,10 +11,6 @@ FIRST_SLOT = 10   # le = 2^10 ns, about 1 µs: shorter stays land in the first b
 LAST_SLOT = 45    # le = 2^45 ns, about 9.8 h: longer stays count only in +Inf
 
 
-def bucket_bounds_seconds() -> list:
-    return [2.0 ** k / 1e9 for k in range(FIRST_SLOT, LAST_SLOT + 1)]
-
-
 def cumulative_buckets(slots) -> list:
     """[(le seconds, cumulative count)] for every bound, empty ones included, then +Inf."""
     running = sum(slots[:FIRST_SLOT])

@@ -15,7 +15,4 @@ def test_slots_become_cumulative_second_buckets_with_empty_ones_filled():
     counts = [c for _, c in buckets]
     assert counts == sorted(counts)
 
-
-def test_bounds_cover_a_microsecond_to_hours():
-    bounds = histograms.bucket_bounds_seconds()
-    assert bounds[0] < 2e-6 and bounds[-1] > 3600 * 9
+    assert buckets[0][0] < 2e-6 and buckets[-2][0] > 3600 * 9   # about 1 µs to 9.8 h

@@ -7,10 +7,9 @@ log2 histograms are summed here, and nothing is read per event.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
-import time
-import ctypes
 from importlib import resources
 
 from ..model import BpfReading
@@ -162,7 +161,3 @@ def check_prerequisites() -> None:
             raise BpfUnavailable(f"tracefs is not mounted on {TRACEFS} (mount -t tracefs tracefs {TRACEFS})")
         raise BpfUnavailable(f"the tracepoint {TRACEPOINT} does not exist (Linux 4.16 or later needed)")
 
-
-def monotonic_ns() -> int:
-    """The clock of bpf_ktime_get_ns()."""
-    return time.monotonic_ns()

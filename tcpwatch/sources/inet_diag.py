@@ -43,7 +43,6 @@ _QUEUES_AT = _NLMSGHDR_LEN + 56
 _MSG_MIN_LEN = _NLMSGHDR_LEN + 72
 _LEN = struct.Struct("=I")
 _DONE_LEN = _NLMSGHDR_LEN + 4                 # NLMSG_DONE carries one int
-_QUEUED_STATES = frozenset((states.ESTABLISHED, states.SYN_RECV))
 
 _RECV_BYTES = 64 * 1024                   # the kernel fills at most ~32 KiB per dump chunk
 _sequence = itertools.count(1)
@@ -176,7 +175,7 @@ class Decoder:
                 if inode_states is not None:
                     inode_states[inode] = state
                 if state == states.LISTEN or state == states.CLOSE_WAIT or (
-                        not inode and state in _QUEUED_STATES):
+                        not inode and state in states.ACCEPT_QUEUE_STATES):
                     self._note_special(data, offset, state, inode)
                 elif state == states.TIME_WAIT:
                     self._note_time_wait(unpack_inode(data, offset + _EXPIRES_AT)[0])
