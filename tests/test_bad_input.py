@@ -56,22 +56,16 @@ def test_unreadable_config(tmp_path):
     assert_rejected(run("run", "--config", str(tmp_path / "missing.yml")), "missing.yml")
 
 
-def test_invalid_yaml(tmp_path):
-    path = tmp_path / "bad.yml"
-    path.write_text("web.listen-address: [unclosed\n")
-    assert_rejected(run("run", "--config", str(path)), "not valid YAML")
-
-
-def test_unknown_config_key(tmp_path):
+@pytest.mark.parametrize("body,words", [
+    ("web.listen-address: [unclosed\n", "not valid YAML"),
+    ("web.listen_adress: ':1'\n", "web.listen_adress"),            # unknown key
+    ("collector.listen.max-ports: -3\n", "collector.listen.max-ports"),  # negative bound
+    ("ebpf: sometimes\n", "ebpf"),
+])
+def test_bad_config_file(tmp_path, body, words):
     path = tmp_path / "c.yml"
-    path.write_text("web.listen_adress: ':1'\n")
-    assert_rejected(run("run", "--config", str(path)), "web.listen_adress")
-
-
-def test_wrong_type_in_config(tmp_path):
-    path = tmp_path / "c.yml"
-    path.write_text("collector.listen.max-ports: -3\n")
-    assert_rejected(run("run", "--config", str(path)), "collector.listen.max-ports")
+    path.write_text(body)
+    assert_rejected(run("run", "--config", str(path)), words)
 
 
 def test_config_file_values_apply_and_flags_win(tmp_path):
