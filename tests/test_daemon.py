@@ -109,3 +109,18 @@ def test_live_exposition_passes_promtool(netns, workloads, daemons):
     assert 'process="lint me"' in body
     result = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_time_wait_oldest_age_comes_from_the_kernel_timers(netns, workloads, daemons):
+    workloads("states", netns=netns, count=3)
+    daemon = daemons("--ebpf", "off", netns=netns)
+
+    def age():
+        return value(daemon.scrape(), "tcpwatch_state_oldest_age_seconds", state="time_wait",
+                     process="[kernel]")
+
+    first = wait_for(lambda: age() is not None, what="a time_wait age") and age()
+    time.sleep(1.2)
+    second = age()
+    # 60 s less the timewait timer left: a few seconds at most here, and it advances.
+    assert 0 <= first < 10 and second >= first + 1.0

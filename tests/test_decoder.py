@@ -14,11 +14,11 @@ NLMSG_DONE, NLMSG_ERROR = 3, 2
 
 
 def diag_msg(state, inode=0, sport=0, src="127.0.0.1", family=socket.AF_INET, rqueue=0,
-             wqueue=0, cookie=0, attrs=b""):
+             wqueue=0, cookie=0, attrs=b"", expires=0):
     addr = socket.inet_pton(family, src).ljust(16, b"\0")
     body = struct.pack("=BBBB", family, state, 0, 0) + struct.pack(">HH", sport, 0)
     body += addr + b"\0" * 16 + struct.pack("=IQ", 0, cookie)
-    body += struct.pack("=IIIII", 0, rqueue, wqueue, 0, inode) + attrs
+    body += struct.pack("=IIIII", expires, rqueue, wqueue, 0, inode) + attrs
     return struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY, 2, 1, 0) + body
 
 
@@ -98,19 +98,22 @@ def test_uniform_chunks_decode_like_single_messages(want_owners):
     attr = struct.pack("=HHB", 5, 8, 0) + b"\0\0\0"
     msgs = []
     for i in range(300):
-        state = rng.choice(states.REPORTED[:5] + (states.CLOSE_WAIT, states.LISTEN, states.LAST_ACK))
+        state = rng.choice(states.REPORTED[:6] + (states.CLOSE_WAIT, states.LISTEN, states.LAST_ACK))
         inode = 0 if rng.random() < 0.3 else 1000 + i
         msgs.append(diag_msg(state, inode=inode, sport=rng.choice([80, 443]), cookie=i,
-                             rqueue=i % 5, wqueue=128, attrs=attr))
+                             rqueue=i % 5, wqueue=128, attrs=attr, expires=rng.randrange(1000, 60000)))
     listeners_first = [diag_msg(states.LISTEN, inode=5, sport=80, src="0.0.0.0", attrs=attr)] + msgs
     one_chunk = snapshot_of([b"".join(listeners_first) + done()], want_owners)
     one_by_one = snapshot_of([m for m in listeners_first] + [done()], want_owners)
     assert one_chunk == one_by_one
+    time_wait_timers = [struct.unpack_from("=I", m, 16 + 52)[0] for m in msgs if m[17] == states.TIME_WAIT]
+    assert time_wait_timers and one_chunk.time_wait_min_remaining_ms == min(time_wait_timers)
     assert one_chunk.total() == 301
     assert len(one_chunk.listeners) == sum(1 for m in listeners_first if m[17] == states.LISTEN)
 
 
 def test_uniform_chunk_with_a_different_length_falls_back():
     short, long_ = diag_msg(states.TIME_WAIT), diag_msg(states.ESTABLISHED, inode=3, attrs=b"\0" * 8)
-    snap = snapshot_of([short + long_ + short + done()])
+    snap = snapshot_of([diag_msg(states.TIME_WAIT, expires=59000) + long_ + short + done()])
     assert snap.counts[("ipv4", states.TIME_WAIT)] == 2 and snap.inode_states == {3: states.ESTABLISHED}
+    assert snap.time_wait_min_remaining_ms == 0

@@ -28,7 +28,7 @@ _NLMSGHDR_LEN = 16
 _ERRNO = struct.Struct("=i")
 # Offsets inside inet_diag_msg, counted from the netlink header's start.
 _STATE_AT = _NLMSGHDR_LEN + 1
-_INODE = struct.Struct("=I")
+_U32 = struct.Struct("=I")
 _INODE_AT = _NLMSGHDR_LEN + 68
 _SPORT = struct.Struct(">H")
 _SPORT_AT = _NLMSGHDR_LEN + 4
@@ -41,7 +41,6 @@ _COOKIE_AT = _NLMSGHDR_LEN + 44
 _QUEUES = struct.Struct("=II")            # idiag_rqueue, idiag_wqueue
 _QUEUES_AT = _NLMSGHDR_LEN + 56
 _MSG_MIN_LEN = _NLMSGHDR_LEN + 72
-_LEN = struct.Struct("=I")
 _DONE_LEN = _NLMSGHDR_LEN + 4                 # NLMSG_DONE carries one int
 
 _RECV_BYTES = 64 * 1024                   # the kernel fills at most ~32 KiB per dump chunk
@@ -114,7 +113,7 @@ class Decoder:
         size = len(data)
         if size < _MSG_MIN_LEN or size % 4:
             return False
-        length = _LEN.unpack_from(data, 0)[0]
+        length = _U32.unpack_from(data, 0)[0]
         if length < _MSG_MIN_LEN or length % 4:
             return False
         count, rest = divmod(size, length)
@@ -162,7 +161,7 @@ class Decoder:
         per_state = self._per_state
         inode_states = self.snap.inode_states if self.want_owners else None
         unpack_hdr = _NLMSGHDR.unpack_from
-        unpack_inode = _INODE.unpack_from
+        unpack_u32 = _U32.unpack_from
         end = len(data)
         while offset + _NLMSGHDR_LEN <= end and not self.done:
             length, msg_type, _flags = unpack_hdr(data, offset)
@@ -171,14 +170,14 @@ class Decoder:
             if msg_type == SOCK_DIAG_BY_FAMILY and length >= _MSG_MIN_LEN:
                 state = data[offset + _STATE_AT]
                 per_state[state & 15] += 1
-                inode = unpack_inode(data, offset + _INODE_AT)[0]
+                inode = unpack_u32(data, offset + _INODE_AT)[0]
                 if inode_states is not None:
                     inode_states[inode] = state
                 if state == states.LISTEN or state == states.CLOSE_WAIT or (
                         not inode and state in states.ACCEPT_QUEUE_STATES):
                     self._note_special(data, offset, state, inode)
                 elif state == states.TIME_WAIT:
-                    self._note_time_wait(unpack_inode(data, offset + _EXPIRES_AT)[0])
+                    self._note_time_wait(unpack_u32(data, offset + _EXPIRES_AT)[0])
             elif msg_type == NLMSG_DONE:
                 self._finish()
             elif msg_type == NLMSG_ERROR:
