@@ -44,7 +44,7 @@ def run(settings) -> int:
 
     from . import logs, server
     from .collector import CollectorOptions, TcpCollector
-    from .sources import inet_diag, processes
+    from .sources import inet_diag, processes, sysctl
 
     logs.configure(settings.log_level, settings.log_format)
     _name_process("tcpwatch")
@@ -63,7 +63,8 @@ def run(settings) -> int:
         options = CollectorOptions(settings.process_enabled, settings.process_max_series,
                                    settings.listen_max_ports)
         registry.register(TcpCollector(options, inet_diag.dump, processes.scan,
-                                       bpf_read=program.read if program else None))
+                                       bpf_read=program.read if program else None,
+                                       ephemeral_ports=sysctl.ephemeral_ports))
         registry.register(ProcessCollector(registry=None))
         server.set_registry(http, registry)
         server.serve_in_background(http)

@@ -40,8 +40,10 @@ class TcpCollector:
 
     def __init__(self, options: CollectorOptions, dump: Callable[[bool], DiagSnapshot],
                  scan_owners: Callable, clock: Callable[[], float] = time.monotonic,
-                 bpf_read: Optional[Callable] = None):
+                 bpf_read: Optional[Callable] = None,
+                 ephemeral_ports: Optional[Callable[[], int]] = None):
         self._options = options
+        self._ephemeral_ports = ephemeral_ports
         self._dump = dump
         self._scan_owners = scan_owners
         self._bpf_read = bpf_read   # None: eBPF is off or could not load
@@ -101,6 +103,14 @@ class TcpCollector:
         try:
             snap = self._dump(opts.process_enabled)
             families.extend(self._socket_families(snap))
+            if self._ephemeral_ports is not None:
+                ports = GaugeMetricFamily(
+                    "tcpwatch_ephemeral_ports",
+                    "Ports in net.ipv4.ip_local_port_range, from which connect() picks local "
+                    "ports: the most connections (TIME_WAIT included) that can exist at once "
+                    "to one remote address and port.")
+                ports.add_metric([], self._ephemeral_ports())
+                families.append(ports)
             if snap.time_wait_min_remaining_ms >= 0:
                 age = max(0.0, states.TIME_WAIT_SECONDS - snap.time_wait_min_remaining_ms / 1000.0)
                 oldest.add_metric(["time_wait", KERNEL_HELD], age)

@@ -63,7 +63,8 @@ class Clock:
 
 def registry_for(dump, scan, clock=None, options=CollectorOptions(), bpf_read=None):
     registry = CollectorRegistry()
-    collector = TcpCollector(options, dump, scan, clock or Clock(), bpf_read)
+    collector = TcpCollector(options, dump, scan, clock or Clock(), bpf_read,
+                             ephemeral_ports=lambda: 28232)
     registry.register(collector)
     return registry, collector
 

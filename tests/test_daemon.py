@@ -1,6 +1,7 @@
 """The daemon end to end: real sockets in a private netns, scraped over HTTP, stopped by signal."""
 
 import signal
+import subprocess
 import time
 
 import pytest
@@ -70,6 +71,13 @@ def test_every_state_is_exported_and_labels_carry_no_addresses(netns, daemons):
     for (name, labels) in samples:
         for _key, text in labels:
             assert "127.0.0.1" not in text and "::1" not in text, (name, labels)
+
+
+def test_ephemeral_ports_come_from_the_namespace_sysctl(netns, daemons):
+    subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw",
+                    "net.ipv4.ip_local_port_range=40000 40999"], check=True)
+    daemon = daemons(netns=netns)
+    assert value(daemon.scrape(), "tcpwatch_ephemeral_ports") == 1000
 
 
 def test_paths_and_sigterm(netns, daemons):
