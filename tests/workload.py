@@ -212,15 +212,41 @@ def scenario_time_wait(args, held):
     return {"state": "reused"}
 
 
+def scenario_traffic(args, held):
+    """``--rounds`` rounds, ``--seconds`` apart: ``count`` connections opened and closed (the
+    client first, so TIME_WAIT) and ``--close`` connects refused by a port nobody listens on."""
+    lst = listener(args.family)
+    held.append(lst)
+    closed = socket.socket(socket.AF_INET6 if args.family == 6 else socket.AF_INET)
+    closed.bind((host(args.family), 0))
+    refused_port = closed.getsockname()[1]
+    closed.close()
+    say({"port": lst.getsockname()[1]})
+    for _ in range(args.rounds):
+        for client, server in pairs(lst, args.family, args.count):
+            client.close()
+            server.settimeout(5)
+            assert server.recv(1) == b""
+            server.close()
+        for _ in range(args.close):
+            try:
+                connect(args.family, refused_port).close()
+            except ConnectionRefusedError:
+                pass
+        time.sleep(args.seconds)
+    return {"state": "done"}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario", choices=["states", "leak", "listen", "connect", "pairs", "churn",
-                                             "close_wait_for", "fin_wait1_self", "time_wait"])
+                                             "close_wait_for", "fin_wait1_self", "time_wait", "traffic"])
     parser.add_argument("--listen-port", type=int, default=0)
     parser.add_argument("--host", help="address to listen on or connect to (default loopback)")
     parser.add_argument("--client-port", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--family", type=int, choices=[4, 6], default=4)
     parser.add_argument("--comm")
     parser.add_argument("--port", type=int)
