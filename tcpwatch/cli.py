@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 from . import __version__
 from .config import ConfigError, build_parser, run_settings
@@ -42,7 +43,7 @@ def run(settings) -> int:
     from prometheus_client import CollectorRegistry
     from prometheus_client.process_collector import ProcessCollector
 
-    from . import logs, server
+    from . import logs, server, systemd
     from .collector import CollectorOptions, TcpCollector
     from .sources import inet_diag, processes, sysctl
 
@@ -68,12 +69,22 @@ def run(settings) -> int:
         registry.register(ProcessCollector(registry=None))
         server.set_registry(http, registry)
         server.serve_in_background(http)
-        log.info("listening", extra={"address": server.bound_address(http),
-                                     "path": settings.telemetry_path, "version": __version__,
-                                     "ebpf": program is not None})
+        address = server.bound_address(http)
+        log.info("listening", extra={"address": address, "path": settings.telemetry_path,
+                                     "version": __version__, "ebpf": program is not None,
+                                     "ebpf_time_wait": bool(program and program.time_wait_tracked)})
+        notifier = systemd.Notifier()
+        notifier.ready(f"serving on {address}, ebpf {'on' if program else 'off'}")
+        next_ping = 0.0
         while not stop.wait(0.2):
-            pass
+            # The watchdog is fed only while the HTTP accept loop keeps turning: a wedged
+            # server stops the pings, and systemd restarts us.
+            if notifier.watchdog_interval and time.monotonic() >= next_ping:
+                if server.responsive(http, within=max(1.0, notifier.watchdog_interval)):
+                    notifier.watchdog()
+                next_ping = time.monotonic() + notifier.watchdog_interval
         log.info("stopping")
+        notifier.stopping()
         http.shutdown()
     finally:
         http.server_close()

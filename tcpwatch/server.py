@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client.exposition import choose_encoder
@@ -65,6 +66,10 @@ def _handler_class(holder: dict, telemetry_path: str):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    last_loop = 0.0   # time.monotonic() of the accept loop's last turn: the watchdog's proof
+
+    def service_actions(self):
+        self.last_loop = time.monotonic()
 
 
 class _Server6(_Server):
@@ -116,6 +121,11 @@ def serve_in_background(server: ThreadingHTTPServer) -> threading.Thread:
                               name="http", daemon=True)
     thread.start()
     return thread
+
+
+def responsive(server, within: float) -> bool:
+    """The accept loop turned within the last ``within`` seconds (it turns every 0.2 s)."""
+    return time.monotonic() - server.last_loop < within
 
 
 def bound_address(server: ThreadingHTTPServer) -> str:

@@ -8,11 +8,14 @@ log2 histograms are summed here, and nothing is read per event.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import socket
 from importlib import resources
 
 from ..model import BpfReading
+
+log = logging.getLogger(__name__)
 
 NSTATES = 16
 SLOTS = 64
@@ -83,6 +86,9 @@ class BpfProgram:
             if handler:
                 cflags += ["-DTRACK_TIME_WAIT", f"-DTW_TIMER_HANDLER={handler:#x}ULL"]
                 self.time_wait_tracked = True
+            else:
+                log.warning("time_wait timing disabled: /proc/kallsyms hides tw_timer_handler's "
+                            "address (tcpwatch needs CAP_SYSLOG to read it)")
         if emit_events:
             cflags.append("-DEMIT_EVENTS")
         devnull = os.open(os.devnull, os.O_WRONLY)

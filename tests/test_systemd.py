@@ -1,0 +1,96 @@
+"""The systemd unit: it verifies, its exposure is low, tcpwatch works under exactly its
+capabilities, and the daemon speaks sd_notify (readiness, watchdog, stopping)."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, value, wait_for
+
+UNIT = ROOT / "systemd" / "tcpwatch.service"
+NODE_EXPORTER_UNIT = Path("/lib/systemd/system/prometheus-node-exporter.service")
+systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+
+
+def unit_setting(name):
+    values = re.findall(rf"^{name}=(.*)$", UNIT.read_text(), re.M)
+    assert len(values) == 1, name
+    return values[0].split()
+
+
+def exposure(unit_path):
+    out = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit_path)],
+                         capture_output=True, text=True, timeout=60).stdout
+    return float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out).group(1))
+
+
+@systemd_analyze
+def test_unit_verifies(tmp_path):
+    # ExecStart points where deploy/install.sh puts the venv; verify against this checkout's.
+    text = UNIT.read_text().replace("/opt/tcpwatch/venv/bin/tcpwatch", str(ROOT / ".venv" / "bin" / "tcpwatch"))
+    unit = tmp_path / "tcpwatch.service"
+    unit.write_text(text)
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+@systemd_analyze
+def test_unit_exposure_is_well_below_node_exporters():
+    ours = exposure(UNIT)
+    assert ours <= 3.0, ours
+    if NODE_EXPORTER_UNIT.exists():
+        assert exposure(NODE_EXPORTER_UNIT) - ours >= 5.0
+
+
+def test_unit_grants_exactly_the_capabilities_it_bounds():
+    assert unit_setting("CapabilityBoundingSet") == unit_setting("AmbientCapabilities")
+    assert unit_setting("DynamicUser") == ["yes"] and unit_setting("NoNewPrivileges") == ["yes"]
+    assert unit_setting("Type") == ["notify"]
+
+
+def setpriv_with_unit_capabilities():
+    """setpriv argv: nobody, no new privileges, and only the unit's capabilities."""
+    caps = ",".join("+" + c.removeprefix("CAP_").lower() for c in unit_setting("CapabilityBoundingSet"))
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", f"--inh-caps=-all,{caps}",
+            f"--ambient-caps=-all,{caps}", f"--bounding-set=-all,{caps}", "--no-new-privs"]
+
+
+@pytest.mark.root
+def test_ebpf_and_owners_work_under_exactly_the_unit_capabilities(netns, workloads, daemons):
+    workloads("leak", netns=netns, count=5, comm="rootleak")        # owned by root, not by us
+    daemon = daemons("--ebpf", "on", netns=netns, wrapper=setpriv_with_unit_capabilities())
+    # `ip netns exec`, `sh -c` and setpriv each exec into the next: the pid is tcpwatch's.
+    status = open(f"/proc/{daemon.proc.pid}/status").read()
+    assert re.search(r"^Uid:\s+65534\b", status, re.M)
+    assert "ebpf=True" in daemon.log[-1] and "ebpf_time_wait=True" in daemon.log[-1], daemon.log
+    samples = wait_for(lambda: (lambda s: s if value(s, "tcpwatch_process_sockets", process="rootleak",
+                                                     state="close_wait") == 5 else None)(daemon.scrape()),
+                       what="root's sockets attributed by an unprivileged tcpwatch")
+    assert value(samples, "tcpwatch_ebpf_enabled") == 1
+    assert value(samples, "tcpwatch_process_unreadable") == 0
+    assert value(samples, "tcpwatch_scrape_collector_success", collector="ebpf") == 1
+
+
+@pytest.mark.root
+def test_sd_notify_ready_watchdog_and_stopping(netns, daemons, tmp_path, monkeypatch):
+    path = str(tmp_path / "notify")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    listener.settimeout(10)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")   # pings every 0.2 s
+    with listener:
+        daemon = daemons("--ebpf", "off", netns=netns)
+        ready = listener.recv(4096).decode().split("\n")
+        assert ready[0] == "READY=1" and ready[1].startswith(f"STATUS=serving on {daemon.address}")
+        pings = [listener.recv(4096).decode() for _ in range(3)]
+        assert pings == ["WATCHDOG=1"] * 3
+        assert daemon.stop() == 0
+        messages = []
+        while "STOPPING=1" not in messages:
+            messages += listener.recv(4096).decode().split("\n")
