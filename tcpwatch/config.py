@@ -10,6 +10,8 @@ import argparse
 import ipaddress
 from dataclasses import dataclass
 
+from . import __version__
+
 DEFAULT_PORT = 9787
 DEFAULT_LISTEN_ADDRESS = f":{DEFAULT_PORT}"
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -166,6 +168,7 @@ CONFIG_KEYS = {flag[2:]: dest for flag, dest, *_ in _RUN_OPTIONS + _BOOL_OPTIONS
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tcpwatch", description="TCP socket states for Prometheus.")
+    parser.add_argument("--version", action="version", version=f"tcpwatch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = commands.add_parser("run", help="serve metrics over HTTP")
     run.add_argument("--config", metavar="FILE", help="YAML file whose keys are the flag names without dashes")
