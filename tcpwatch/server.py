@@ -47,6 +47,12 @@ def _handler_class(holder: dict, telemetry_path: str):
                 self._reply(200, content_type, encoder(registry))
             elif path == "/":
                 self._reply(200, "text/html; charset=utf-8", landing)
+            elif path == "/-/healthy":      # liveness: the HTTP loop answers
+                self._reply(200, "text/plain; charset=utf-8", b"ok\n")
+            elif path == "/-/ready":        # readiness: collectors set up, scrapes will answer
+                ready = holder.get("registry") is not None
+                self._reply(200 if ready else 503, "text/plain; charset=utf-8",
+                            b"ready\n" if ready else b"starting\n")
             else:
                 self._reply(404, "text/plain; charset=utf-8", b"not found\n")
 

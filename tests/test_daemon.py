@@ -84,6 +84,8 @@ def test_paths_and_sigterm(netns, daemons):
     daemon = daemons("--web.telemetry-path", "/tcp", netns=netns)
     assert daemon.get("/")[0] == 200
     assert daemon.get("/metrics")[0] == 404
+    assert daemon.get("/-/healthy") == (200, "ok\n")
+    assert daemon.get("/-/ready") == (200, "ready\n")
     status, body = daemon.get("/tcp")
     assert status == 200 and "tcpwatch_sockets" in body
     started = time.monotonic()
