@@ -43,8 +43,8 @@ def run(settings) -> int:
     from prometheus_client import CollectorRegistry
     from prometheus_client.process_collector import ProcessCollector
 
-    from . import logs, server, systemd
-    from .collector import CollectorOptions, TcpCollector
+    from . import logs, server, systemd, webconfig
+    from .collector import CollectorOptions, ServerCollector, TcpCollector
     from .sources import inet_diag, processes, sysctl
 
     logs.configure(settings.log_level, settings.log_format)
@@ -52,13 +52,19 @@ def run(settings) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)   # until there is something to reload
 
+    web = webconfig.load(settings.web_config_file) if settings.web_config_file else None
     try:
-        http = server.bind(settings.listen_address, None, settings.telemetry_path)
+        http = server.bind(settings.listen_address, None, settings.telemetry_path, web)
     except server.ListenError as exc:
         raise ConfigError(str(exc)) from None
+    signal.signal(signal.SIGHUP, lambda *_: _reload_web_config(settings, http))
     program = None
     try:
+        # Serve from now on: /-/healthy answers, /metrics and /-/ready say 503 until the
+        # collectors are set up (compiling the eBPF program takes seconds).
+        server.serve_in_background(http)
         program = _load_ebpf(settings)
         registry = CollectorRegistry()
         options = CollectorOptions(settings.process_enabled, settings.process_max_series,
@@ -67,8 +73,8 @@ def run(settings) -> int:
                                        bpf_read=program.read if program else None,
                                        ephemeral_ports=sysctl.ephemeral_ports))
         registry.register(ProcessCollector(registry=None))
+        registry.register(ServerCollector(http.stats))
         server.set_registry(http, registry)
-        server.serve_in_background(http)
         address = server.bound_address(http)
         log.info("listening", extra={"address": address, "path": settings.telemetry_path,
                                      "version": __version__, "ebpf": program is not None,
@@ -85,12 +91,27 @@ def run(settings) -> int:
                 next_ping = time.monotonic() + notifier.watchdog_interval
         log.info("stopping")
         notifier.stopping()
-        http.shutdown()
     finally:
+        http.shutdown()       # the accept loop runs from the top of the try
         http.server_close()
         if program is not None:
             program.close()   # bcc's atexit cleanup does not run when a signal ends us
     return 0
+
+
+def _reload_web_config(settings, http) -> None:
+    """SIGHUP: load --web.config.file again (certificate rotation, users); keep the old
+    settings when the new file is bad. Other settings need a restart."""
+    from . import server, webconfig
+
+    if not settings.web_config_file:
+        log.info("SIGHUP: nothing to reload (no --web.config.file); other settings need a restart")
+        return
+    try:
+        server.set_web_config(http, webconfig.load(settings.web_config_file))
+        log.info("web config reloaded", extra={"file": settings.web_config_file})
+    except ConfigError as exc:
+        log.error("web config not reloaded, keeping the previous one", extra={"error": str(exc)})
 
 
 def _load_ebpf(settings):

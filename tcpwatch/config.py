@@ -99,6 +99,7 @@ def _telemetry_path(text) -> str:
 class RunSettings:
     listen_address: ListenAddress
     telemetry_path: str
+    web_config_file: object  # path or None
     log_level: str
     log_format: str
     process_enabled: bool
@@ -145,6 +146,8 @@ _RUN_OPTIONS = (
     ("--web.listen-address", "listen_address", str, DEFAULT_LISTEN_ADDRESS,
      "address to serve metrics on: HOST:PORT, [IPV6]:PORT or :PORT for every address"),
     ("--web.telemetry-path", "telemetry_path", _telemetry_path, "/metrics", "path of the metrics page"),
+    ("--web.config.file", "web_config_file", str, None,
+     "YAML file with TLS and basic auth settings (the Prometheus exporters' web configuration)"),
     ("--log.level", "log_level", str, "info", "one of " + ", ".join(LOG_LEVELS)),
     ("--log.format", "log_format", str, "logfmt", "one of " + ", ".join(LOG_FORMATS)),
     ("--collector.process.max-series", "process_max_series", _non_negative, 20,
@@ -189,19 +192,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config_file(path: str) -> dict:
-    """The YAML mapping at ``path``, checked for unknown keys and converted like the flags."""
+def read_yaml(path: str, what: str):
+    """The YAML document at ``path``; any failure is one ConfigError naming ``what`` file."""
     import yaml
 
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            return yaml.safe_load(f)
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where else ""
-        raise ConfigError(f"config file {path} is not valid YAML{at}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML{at}") from None
+
+
+def load_config_file(path: str) -> dict:
+    """The YAML mapping at ``path``, checked for unknown keys and converted like the flags."""
+    data = read_yaml(path, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -1,15 +1,25 @@
-"""The HTTP endpoint: metrics on the telemetry path, a landing page on /, 404 elsewhere.
+"""The HTTP endpoint: metrics on the telemetry path, a landing page on /, health on /-/healthy
+and /-/ready, 404 elsewhere; optional TLS and basic auth (``webconfig``).
 
-A threading server whose connections time out, so a client that connects and sends nothing
-cannot hold a thread or a socket for long.
+tcpwatch runs on every server, so its HTTP server must not become the problem it watches.
+Hostile or careless clients are bounded three ways:
+- at most ``MAX_CONNECTIONS`` connections are served at once (one thread each); the next
+  ones are closed at once and counted;
+- every socket operation times out after ``REQUEST_TIMEOUT_SECONDS``;
+- a reaper closes any connection older than ``CONNECTION_DEADLINE_SECONDS``, so a client that
+  drips one byte at a time (slowloris) cannot hold a thread forever.
+The TLS handshake runs in the connection's thread, never in the accept loop. Every connection
+is closed by us when its thread ends, so none is left in CLOSE_WAIT.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client.exposition import choose_encoder
@@ -19,13 +29,31 @@ from .config import ListenAddress
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_SECONDS = 10
+CONNECTION_DEADLINE_SECONDS = 30
+MAX_CONNECTIONS = 64
+
+DROP_REASONS = ("connection_limit", "deadline", "timeout", "tls_handshake", "client_disconnect", "error")
 
 
 class ListenError(Exception):
     """The listen address cannot be bound."""
 
 
-def _handler_class(holder: dict, telemetry_path: str):
+class HttpStats:
+    """Counters the server keeps about itself; read by the collector at scrape time."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.responses = Counter()                       # status code -> count
+        self.dropped = Counter({r: 0 for r in DROP_REASONS})
+        self.open_connections = 0
+
+    def count(self, counter: str, key) -> None:
+        with self.lock:
+            getattr(self, counter)[key] += 1
+
+
+def _handler_class(holder: dict, telemetry_path: str, stats: HttpStats):
     landing = (
         "<html><head><title>tcpwatch</title></head><body><h1>tcpwatch</h1>"
         f'<p><a href="{telemetry_path}">Metrics</a></p></body></html>'
@@ -36,7 +64,18 @@ def _handler_class(holder: dict, telemetry_path: str):
         server_version = "tcpwatch"
         sys_version = ""
 
+        def setup(self):
+            if isinstance(self.request, ssl.SSLSocket):
+                self.request.settimeout(self.timeout)
+                self.request.do_handshake()
+            super().setup()
+
         def do_GET(self):
+            web = holder.get("web")
+            if web is not None and not web.authorized(self.headers.get("Authorization")):
+                self._reply(401, "text/plain; charset=utf-8", b"unauthorized\n",
+                            {"WWW-Authenticate": 'Basic realm="tcpwatch", charset="UTF-8"'})
+                return
             path = self.path.split("?", 1)[0]
             if path == telemetry_path:
                 registry = holder.get("registry")
@@ -56,12 +95,29 @@ def _handler_class(holder: dict, telemetry_path: str):
             else:
                 self._reply(404, "text/plain; charset=utf-8", b"not found\n")
 
-        def _reply(self, status, content_type, body):
+        def send_response(self, code, message=None):
+            stats.count("responses", code)     # every answer, the errors http.server sends too
+            super().send_response(code, message)
+
+        def end_headers(self):
+            web = holder.get("web")
+            for name, value in (web.headers.items() if web is not None else ()):
+                self.send_header(name, value)
+            super().end_headers()
+
+        def _reply(self, status, content_type, body, headers=None):
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
+
+        def log_error(self, fmt, *args):
+            if fmt.startswith("Request timed out"):   # http.server swallows this timeout itself
+                stats.count("dropped", "timeout")
+            super().log_error(fmt, *args)
 
         def log_message(self, fmt, *args):
             log.debug("http request", extra={"client": self.client_address[0], "request": fmt % args})
@@ -72,10 +128,76 @@ def _handler_class(holder: dict, telemetry_path: str):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128
     last_loop = 0.0   # time.monotonic() of the accept loop's last turn: the watchdog's proof
 
     def service_actions(self):
         self.last_loop = time.monotonic()
+
+    def get_request(self):
+        conn, address = super().get_request()
+        web = self.registry_holder.get("web")
+        if web is not None and web.tls is not None:
+            # No I/O here: the handshake happens in the connection's own thread (setup()).
+            conn = web.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, address
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.stats.count("dropped", "connection_limit")
+            self.shutdown_request(request)
+            return
+        with self.stats.lock:
+            self.stats.open_connections += 1
+        self.active[id(request)] = (request, time.monotonic())
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._done(request)
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._done(request)
+
+    def _done(self, request):
+        self.reaped.pop(id(request), None)
+        if self.active.pop(id(request), None) is not None:
+            with self.stats.lock:
+                self.stats.open_connections -= 1
+            self.slots.release()
+
+    def handle_error(self, request, client_address):
+        import sys
+
+        if self.reaped.pop(id(request), False):
+            return                                  # counted when reaped
+        error = sys.exc_info()[1]
+        if isinstance(error, ssl.SSLError):
+            reason = "tls_handshake"
+        elif isinstance(error, (TimeoutError, socket.timeout)):
+            reason = "timeout"
+        elif isinstance(error, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+            reason = "client_disconnect"
+        else:
+            reason = "error"
+            log.error("http connection failed", extra={"client": client_address[0], "error": repr(error)})
+        self.stats.count("dropped", reason)
+        log.debug("http connection dropped", extra={"client": client_address[0], "reason": reason})
+
+    def reap(self):
+        """Close connections older than the deadline; the reaper thread calls this every second."""
+        now = time.monotonic()
+        for key, (request, started) in list(self.active.items()):
+            if now - started > CONNECTION_DEADLINE_SECONDS and key not in self.reaped:
+                self.reaped[key] = True
+                self.stats.count("dropped", "deadline")
+                try:
+                    request.shutdown(socket.SHUT_RDWR)   # its thread wakes, fails and closes it
+                except OSError:
+                    pass
 
 
 class _Server6(_Server):
@@ -87,21 +209,30 @@ class _Server6(_Server):
         super().server_bind()
 
 
-def bind(address: ListenAddress, registry, telemetry_path: str) -> ThreadingHTTPServer:
+def bind(address: ListenAddress, registry, telemetry_path: str, web=None) -> ThreadingHTTPServer:
     """Bind and listen now, so that a bad address fails before anything else starts.
 
     ``registry`` may be given later with ``set_registry`` (after slow set-up such as loading
-    eBPF); until then the server is not serving anyway.
+    eBPF); until then /metrics answers 503. ``web`` is a ``webconfig.WebConfig`` or None.
     """
-    holder = {"registry": registry}
-    handler = _handler_class(holder, telemetry_path)
-    server = _bind(address, handler)
+    holder = {"registry": registry, "web": web}
+    stats = HttpStats()
+    server = _bind(address, _handler_class(holder, telemetry_path, stats))
     server.registry_holder = holder
+    server.stats = stats
+    server.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+    server.active = {}
+    server.reaped = {}
     return server
 
 
 def set_registry(server, registry) -> None:
     server.registry_holder["registry"] = registry
+
+
+def set_web_config(server, web) -> None:
+    """Swap TLS and auth settings (SIGHUP); connections already open keep the old ones."""
+    server.registry_holder["web"] = web
 
 
 def _bind(address: ListenAddress, handler):
@@ -126,6 +257,13 @@ def serve_in_background(server: ThreadingHTTPServer) -> threading.Thread:
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                               name="http", daemon=True)
     thread.start()
+
+    def reaper():
+        while thread.is_alive():
+            time.sleep(1.0)
+            server.reap()
+
+    threading.Thread(target=reaper, name="http-reaper", daemon=True).start()
     return thread
 
 
