@@ -261,8 +261,9 @@ class ServerCollector:
             served.add_metric([str(code)], responses[code])
         drops = CounterMetricFamily(
             "tcpwatch_http_dropped_connections",
-            "Connections tcpwatch closed without a response: over the connection limit, past the "
-            "30 s deadline, timed out, failed TLS handshake, client gone, other error.",
+            "Connections tcpwatch closed without a response: over the connection limit, evicted "
+            "while idle to make room, past the 30 s deadline, timed out, failed TLS handshake, "
+            "client gone, other error.",
             labels=["reason"])
         for reason in sorted(dropped):
             drops.add_metric([reason], dropped[reason])

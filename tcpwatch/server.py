@@ -3,8 +3,9 @@ and /-/ready, 404 elsewhere; optional TLS and basic auth (``webconfig``).
 
 tcpwatch runs on every server, so its HTTP server must not become the problem it watches.
 Hostile or careless clients are bounded three ways:
-- at most ``MAX_CONNECTIONS`` connections are served at once (one thread each); the next
-  ones are closed at once and counted;
+- at most ``MAX_CONNECTIONS`` connections are served at once (one thread each); when all are
+  taken, a new connection replaces the oldest one that has not sent its request yet, or is
+  closed at once; both are counted;
 - every socket operation times out after ``REQUEST_TIMEOUT_SECONDS``;
 - a reaper closes any connection older than ``CONNECTION_DEADLINE_SECONDS``, so a client that
   drips one byte at a time (slowloris) cannot hold a thread forever.
@@ -32,7 +33,8 @@ REQUEST_TIMEOUT_SECONDS = 10
 CONNECTION_DEADLINE_SECONDS = 30
 MAX_CONNECTIONS = 64
 
-DROP_REASONS = ("connection_limit", "deadline", "timeout", "tls_handshake", "client_disconnect", "error")
+DROP_REASONS = ("connection_limit", "evicted_idle", "deadline", "timeout", "tls_handshake",
+                "client_disconnect", "error")
 
 
 class ListenError(Exception):
@@ -70,6 +72,11 @@ def _handler_class(holder: dict, telemetry_path: str, stats: HttpStats):
                 self.request.do_handshake()
             super().setup()
 
+        def parse_request(self):
+            parsed = super().parse_request()               # reads the headers too
+            self.server.request_received(self.request)   # no longer idle: not evictable
+            return parsed
+
         def do_GET(self):
             web = holder.get("web")
             if web is not None and not web.authorized(self.headers.get("Authorization")):
@@ -96,8 +103,14 @@ def _handler_class(holder: dict, telemetry_path: str, stats: HttpStats):
                 self._reply(404, "text/plain; charset=utf-8", b"not found\n")
 
         def send_response(self, code, message=None):
-            stats.count("responses", code)     # every answer, the errors http.server sends too
+            self.status = code                 # every answer, the errors http.server sends too
             super().send_response(code, message)
+
+        def handle(self):
+            self.status = None
+            super().handle()                   # raises when the client went away
+            if self.status is not None:        # counted once written (one request per connection)
+                stats.count("responses", self.status)
 
         def end_headers(self):
             web = holder.get("web")
@@ -143,13 +156,14 @@ class _Server(ThreadingHTTPServer):
         return conn, address
 
     def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
+        if not self.slots.acquire(blocking=False) and not self._evict_idle():
             self.stats.count("dropped", "connection_limit")
             self.shutdown_request(request)
             return
         with self.stats.lock:
             self.stats.open_connections += 1
         self.active[id(request)] = (request, time.monotonic())
+        self.reading.add(id(request))
         try:
             super().process_request(request, client_address)
         except Exception:
@@ -162,7 +176,28 @@ class _Server(ThreadingHTTPServer):
         finally:
             self._done(request)
 
+    def _evict_idle(self) -> bool:
+        """All slots taken: close the oldest connection that has not sent its request yet
+        (a slowloris client), and take its slot. A scraper sends its request at once, so it
+        is never the one evicted; only clients that idle are."""
+        idle = [(started, key, request) for key, (request, started) in list(self.active.items())
+                if key in self.reading and key not in self.reaped]
+        if not idle:
+            return False
+        _started, key, request = min(idle, key=lambda entry: entry[0])
+        self.reaped[key] = True
+        self.stats.count("dropped", "evicted_idle")
+        try:
+            request.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return self.slots.acquire(timeout=2.0)   # its thread ends at once and frees the slot
+
+    def request_received(self, request):
+        self.reading.discard(id(request))
+
     def _done(self, request):
+        self.reading.discard(id(request))
         self.reaped.pop(id(request), None)
         if self.active.pop(id(request), None) is not None:
             with self.stats.lock:
@@ -223,6 +258,7 @@ def bind(address: ListenAddress, registry, telemetry_path: str, web=None) -> Thr
     server.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
     server.active = {}
     server.reaped = {}
+    server.reading = set()   # connections that have not sent a request line yet
     return server
 
 
