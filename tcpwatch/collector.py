@@ -50,6 +50,7 @@ class TcpCollector:
         self._clock = clock
         self._lock = threading.Lock()
         self._close_wait_first_seen = attribution.FirstSeen()
+        self._warned_unreadable = False
         self._last_started = float("-inf")
         self._last_families: list = []
 
@@ -237,6 +238,11 @@ class TcpCollector:
             "Processes whose open files could not be read at this scrape (missing "
             "CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH); their sockets count as \"[unknown]\".")
         unreadable.add_metric([], scan.unreadable)
+        if scan.unreadable and not self._warned_unreadable:
+            self._warned_unreadable = True   # once: the gauge tracks it from then on
+            log.warning("cannot read the fds of other processes: their sockets count as "
+                        "process=\"[unknown]\" (tcpwatch needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)",
+                        extra={"processes": scan.unreadable})
         return [per_process, unreadable]
 
 

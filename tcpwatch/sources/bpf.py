@@ -159,8 +159,39 @@ def _why(exc: Exception) -> str:
     return f"the eBPF program could not be loaded: {text}"
 
 
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+def effective_capabilities(status_path: str = "/proc/self/status") -> int:
+    """The CapEff bit mask of this process."""
+    with open(status_path) as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def missing_capabilities(effective: int) -> list:
+    """What loading and attaching the program lacks: CAP_BPF and CAP_PERFMON (Linux 5.8+),
+    or CAP_SYS_ADMIN, which covers both."""
+    if effective >> CAP_SYS_ADMIN & 1:
+        return []
+    return [name for bit, name in ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")) if not effective >> bit & 1]
+
+
 def check_prerequisites() -> None:
     """Fail early, with the reason, on what bcc would report obscurely."""
+    missing = missing_capabilities(effective_capabilities())
+    if missing:
+        raise BpfUnavailable(f"not allowed to load eBPF programs: missing {' and '.join(missing)} "
+                             "(needs root, or CAP_BPF and CAP_PERFMON)")
+    try:
+        os.listdir(TRACEFS)
+    except PermissionError:
+        raise BpfUnavailable(f"cannot read tracefs on {TRACEFS} (mode 0700: needs root or "
+                             "CAP_DAC_READ_SEARCH)") from None
+    except OSError:
+        pass
     if not os.path.exists(f"{TRACEFS}/events/{TRACEPOINT}") and not os.path.exists(
             f"/sys/kernel/debug/tracing/events/{TRACEPOINT}"):
         if not os.path.ismount(TRACEFS):

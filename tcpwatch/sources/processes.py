@@ -43,6 +43,9 @@ def scan(wanted_inodes, proc_root: str = "/proc") -> OwnerScan:
             continue
         try:
             found = _socket_inodes(fd_dir, wanted_inodes, owners, readlink)
+        except PermissionError:   # listing allowed, links not (no CAP_SYS_PTRACE)
+            result.unreadable += 1
+            continue
         finally:
             os.close(fd_dir)
         result.processes += 1
@@ -64,6 +67,8 @@ def _socket_inodes(fd_dir: int, wanted_inodes, owners, readlink) -> list:
     for name in names:
         try:
             link = readlink(name, dir_fd=fd_dir)
+        except PermissionError:
+            raise
         except OSError:   # closed meanwhile
             continue
         if link.startswith(_SOCKET_PREFIX):
