@@ -18,8 +18,10 @@ PR_SET_NAME = 15
 
 
 def set_comm(name):
+    """``name`` as text, or raw bytes given as ``hex:...`` (for names that are not UTF-8)."""
     if name:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+        raw = bytes.fromhex(name[4:]) if name.startswith("hex:") else name.encode()
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, raw[:15], 0, 0, 0)
 
 
 HOST = None
