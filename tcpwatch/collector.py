@@ -51,6 +51,7 @@ class TcpCollector:
         self._lock = threading.Lock()
         self._close_wait_first_seen = attribution.FirstSeen()
         self._warned_unreadable = False
+        self._errors = {COLLECTOR_INET_DIAG: 0, COLLECTOR_PROCESS: 0, COLLECTOR_EBPF: 0}
         self._last_started = float("-inf")
         self._last_families: list = []
 
@@ -84,6 +85,8 @@ class TcpCollector:
                 reading = self._bpf_read()
                 families.extend(self._bpf_families(reading))
             except Exception as exc:
+                reading = None
+                self._errors[COLLECTOR_EBPF] += 1
                 log.error("ebpf collector failed", extra={"error": str(exc)})
             durations.add_metric([COLLECTOR_EBPF], time.perf_counter() - started)
             success.add_metric([COLLECTOR_EBPF], 1.0 if reading is not None else 0.0)
@@ -116,6 +119,7 @@ class TcpCollector:
                 age = max(0.0, states.TIME_WAIT_SECONDS - snap.time_wait_min_remaining_ms / 1000.0)
                 oldest.add_metric(["time_wait", KERNEL_HELD], age)
         except Exception as exc:  # a failing source must not fail the scrape
+            self._errors[COLLECTOR_INET_DIAG] += 1
             log.error("inet_diag collector failed", extra={"error": str(exc)})
         durations.add_metric([COLLECTOR_INET_DIAG], time.perf_counter() - started)
         success.add_metric([COLLECTOR_INET_DIAG], 1.0 if snap is not None else 0.0)
@@ -129,6 +133,7 @@ class TcpCollector:
                     families.extend(self._process_families(snap, entered, oldest))
                     ok = True
                 except Exception as exc:
+                    self._errors[COLLECTOR_PROCESS] += 1
                     log.error("process collector failed", extra={"error": str(exc)})
             durations.add_metric([COLLECTOR_PROCESS], time.perf_counter() - started)
             success.add_metric([COLLECTOR_PROCESS], 1.0 if ok else 0.0)
@@ -136,7 +141,14 @@ class TcpCollector:
         build = GaugeMetricFamily("tcpwatch_build_info", "Always 1; the version of tcpwatch running.",
                                   labels=["version"])
         build.add_metric([__version__], 1.0)
-        families.extend([oldest, enabled, durations, success, build])
+        errors = CounterMetricFamily(
+            "tcpwatch_scrape_collector_errors",
+            "Scrapes in which the collector failed since tcpwatch started (the log says why).",
+            labels=["collector"])
+        for name in ([COLLECTOR_INET_DIAG] + ([COLLECTOR_PROCESS] if opts.process_enabled else [])
+                     + ([COLLECTOR_EBPF] if self._bpf_read is not None else [])):
+            errors.add_metric([name], self._errors[name])
+        families.extend([oldest, enabled, durations, success, errors, build])
         return families
 
     @staticmethod

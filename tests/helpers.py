@@ -116,9 +116,15 @@ def series(samples, name):
 class Daemon:
     """``tcpwatch run`` on 127.0.0.1 with a free port chosen by the kernel."""
 
+    cwd = ROOT
+
+    @staticmethod
+    def command(*flags):
+        return [PYTHON, "-m", "tcpwatch", "run", "--web.listen-address", "127.0.0.1:0", *flags]
+
     def __init__(self, *flags, netns=None, wrapper=()):
         self.netns = netns
-        argv = [*wrapper, PYTHON, "-m", "tcpwatch", "run", "--web.listen-address", "127.0.0.1:0", *flags]
+        argv = [*wrapper, *self.command(*flags)]
         if netns:
             # `ip netns exec` mounts a fresh /sys, without tracefs: mount it there for bcc.
             argv = ["sh", "-c", 'mountpoint -q /sys/kernel/tracing || '

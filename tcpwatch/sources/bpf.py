@@ -106,6 +106,8 @@ class BpfProgram:
                         ("transitions", "duration_slots", "duration_sum_ns", "counters", "close_wait_entered")}
 
     def read(self) -> BpfReading:
+        if self.bpf is None:   # never read map fds that were closed: they may be reused
+            raise BpfUnavailable("the eBPF program is detached")
         reading = BpfReading()
         transitions = _sum_per_cpu(self._tables["transitions"], NSTATES * NSTATES)
         for index, count in enumerate(transitions):
