@@ -33,6 +33,11 @@ class ListenAddress:
         return f"{host}:{self.port}"
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_listen_address(text: str) -> ListenAddress:
     """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (every address), as Prometheus exporters take it."""
     if not isinstance(text, str) or ":" not in text:
@@ -46,7 +51,7 @@ def parse_listen_address(text: str) -> ListenAddress:
             raise ConfigError(f"invalid --web.listen-address {text!r}: {host!r} is not an IPv6 address") from None
     elif ":" in host:
         raise ConfigError(f"invalid --web.listen-address {text!r}: put an IPv6 address in brackets, [::1]:PORT")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not _digits(port_text) or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"invalid --web.listen-address {text!r}: port must be a number from 0 to 65535")
     return ListenAddress(host, int(port_text))
 
@@ -84,7 +89,7 @@ def parse_port_range(text):
         text = str(text)
     lo, _, hi = text.partition("-")
     hi = hi or lo
-    if not (lo.isdigit() and hi.isdigit()) or not 0 < int(lo) <= int(hi) <= 65535:
+    if not (_digits(lo) and _digits(hi)) or not 0 < int(lo) <= int(hi) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} must be a port range LO-HI within 1-65535")
     return (int(lo), int(hi))
 
@@ -112,7 +117,7 @@ class RunSettings:
 
 
 def _port(text) -> int:
-    if not str(text).isdigit() or not 0 < int(text) <= 65535:
+    if not _digits(str(text)) or not 0 < int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
     return int(text)
 

@@ -10,7 +10,7 @@ import tempfile
 
 import bcrypt
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tcpwatch import webconfig
@@ -37,6 +37,7 @@ def write(text):
     return path
 
 
+@example(":²")
 @given(st.text(max_size=60))
 def test_listen_address_never_crashes(text):
     try:
@@ -56,6 +57,8 @@ def test_listen_address_round_trips(host, port):
         assert address.host == host
 
 
+@example("²")          # found by hypothesis: isdigit() is true, int() refuses it
+@example("1-¹²")
 @given(st.one_of(st.text(max_size=20), st.integers(), st.none()))
 def test_port_range_is_ordered_and_bounded(text):
     try:
