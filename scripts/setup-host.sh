@@ -2,11 +2,11 @@
 # Distribution packages and kernel plumbing that tcpwatch needs, installed only when missing,
 # so that a second run costs a few dpkg queries. Debian/Ubuntu; run as root.
 #   scripts/setup-host.sh          what `make run` needs
-#   scripts/setup-host.sh --test   plus what the tests use (prometheus's promtool)
+#   scripts/setup-host.sh --test   plus what the tests use (prometheus, promtool, bpftool, openssl)
 set -euo pipefail
 
 packages=(python3 python3-venv python3-bpfcc iproute2)
-[ "${1:-}" = "--test" ] && packages+=(prometheus bpftool)
+[ "${1:-}" = "--test" ] && packages+=(prometheus bpftool openssl)
 
 missing=()
 for p in "${packages[@]}"; do
