@@ -10,7 +10,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from . import states
 from .model import KERNEL_HELD, OTHER, UNKNOWN_OWNER, DiagSnapshot, Endpoint, Listener
 
 

@@ -18,9 +18,11 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client.exposition import choose_encoder
@@ -138,11 +140,26 @@ def _handler_class(holder: dict, telemetry_path: str, stats: HttpStats):
     return Handler
 
 
+@dataclass
+class _Connection:
+    request: socket.socket
+    started: float            # time.monotonic() when accepted
+    idle: bool = True         # no complete request yet: evictable
+    cut: bool = False         # closed by us (evicted or past the deadline), already counted
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
     last_loop = 0.0   # time.monotonic() of the accept loop's last turn: the watchdog's proof
+
+    def __init__(self, address, handler, holder: dict, stats: HttpStats):
+        self.registry_holder = holder
+        self.stats = stats
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.active = {}      # id(request) -> _Connection, while its thread runs
+        super().__init__(address, handler)
 
     def service_actions(self):
         self.last_loop = time.monotonic()
@@ -162,8 +179,7 @@ class _Server(ThreadingHTTPServer):
             return
         with self.stats.lock:
             self.stats.open_connections += 1
-        self.active[id(request)] = (request, time.monotonic())
-        self.reading.add(id(request))
+        self.active[id(request)] = _Connection(request, time.monotonic())
         try:
             super().process_request(request, client_address)
         except Exception:
@@ -176,39 +192,40 @@ class _Server(ThreadingHTTPServer):
         finally:
             self._done(request)
 
+    def _cut(self, conn: _Connection, reason: str) -> None:
+        """Close a connection from outside its thread; the thread wakes, fails and ends."""
+        conn.cut = True
+        self.stats.count("dropped", reason)
+        try:
+            conn.request.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def _evict_idle(self) -> bool:
         """All slots taken: close the oldest connection that has not sent its request yet
         (a slowloris client), and take its slot. A scraper sends its request at once, so it
         is never the one evicted; only clients that idle are."""
-        idle = [(started, key, request) for key, (request, started) in list(self.active.items())
-                if key in self.reading and key not in self.reaped]
+        idle = [c for c in list(self.active.values()) if c.idle and not c.cut]
         if not idle:
             return False
-        _started, key, request = min(idle, key=lambda entry: entry[0])
-        self.reaped[key] = True
-        self.stats.count("dropped", "evicted_idle")
-        try:
-            request.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        self._cut(min(idle, key=lambda c: c.started), "evicted_idle")
         return self.slots.acquire(timeout=2.0)   # its thread ends at once and frees the slot
 
     def request_received(self, request):
-        self.reading.discard(id(request))
+        conn = self.active.get(id(request))
+        if conn is not None:
+            conn.idle = False
 
     def _done(self, request):
-        self.reading.discard(id(request))
-        self.reaped.pop(id(request), None)
         if self.active.pop(id(request), None) is not None:
             with self.stats.lock:
                 self.stats.open_connections -= 1
             self.slots.release()
 
     def handle_error(self, request, client_address):
-        import sys
-
-        if self.reaped.pop(id(request), False):
-            return                                  # counted when reaped
+        conn = self.active.get(id(request))
+        if conn is not None and conn.cut:
+            return                                  # counted when cut
         error = sys.exc_info()[1]
         if isinstance(error, ssl.SSLError):
             reason = "tls_handshake"
@@ -225,14 +242,9 @@ class _Server(ThreadingHTTPServer):
     def reap(self):
         """Close connections older than the deadline; the reaper thread calls this every second."""
         now = time.monotonic()
-        for key, (request, started) in list(self.active.items()):
-            if now - started > CONNECTION_DEADLINE_SECONDS and key not in self.reaped:
-                self.reaped[key] = True
-                self.stats.count("dropped", "deadline")
-                try:
-                    request.shutdown(socket.SHUT_RDWR)   # its thread wakes, fails and closes it
-                except OSError:
-                    pass
+        for conn in list(self.active.values()):
+            if now - conn.started > CONNECTION_DEADLINE_SECONDS and not conn.cut:
+                self._cut(conn, "deadline")
 
 
 class _Server6(_Server):
@@ -252,14 +264,7 @@ def bind(address: ListenAddress, registry, telemetry_path: str, web=None) -> Thr
     """
     holder = {"registry": registry, "web": web}
     stats = HttpStats()
-    server = _bind(address, _handler_class(holder, telemetry_path, stats))
-    server.registry_holder = holder
-    server.stats = stats
-    server.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-    server.active = {}
-    server.reaped = {}
-    server.reading = set()   # connections that have not sent a request line yet
-    return server
+    return _bind(address, _handler_class(holder, telemetry_path, stats), holder, stats)
 
 
 def set_registry(server, registry) -> None:
@@ -271,18 +276,18 @@ def set_web_config(server, web) -> None:
     server.registry_holder["web"] = web
 
 
-def _bind(address: ListenAddress, handler):
+def _bind(address: ListenAddress, handler, holder: dict, stats: HttpStats):
     host = address.host
     try:
         if host == "":
             try:
-                return _Server6(("::", address.port), handler)
+                return _Server6(("::", address.port), handler, holder, stats)
             except OSError:
-                return _Server(("0.0.0.0", address.port), handler)
+                return _Server(("0.0.0.0", address.port), handler, holder, stats)
         infos = socket.getaddrinfo(host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _t, _p, _c, sockaddr = infos[0]
         server_class = _Server6 if family == socket.AF_INET6 else _Server
-        return server_class(sockaddr[:2], handler)
+        return server_class(sockaddr[:2], handler, holder, stats)
     except socket.gaierror as exc:
         raise ListenError(f"cannot listen on {address}: {exc.strerror}") from None
     except OSError as exc:

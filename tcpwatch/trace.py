@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import sys
 import time
 
 from . import states

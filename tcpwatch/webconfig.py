@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import os
 import re
 import ssl
 import threading
 from dataclasses import dataclass, field
 from typing import Optional
+
+import bcrypt
 
 from .config import ConfigError, read_yaml
 
@@ -76,8 +77,6 @@ class WebConfig:
         with self._lock:
             if digest in self._verified:
                 return True
-        import bcrypt
-
         # A missing user costs a bcrypt check too, so that timing does not reveal the names.
         ok = bcrypt.checkpw(password.encode(), stored or _DUMMY_HASH) and stored is not None
         if ok:

@@ -5,11 +5,9 @@ Prometheus, tcpwatch and the workloads all run in the test's network namespace, 
 """
 
 import json
-import re
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest

@@ -1,7 +1,6 @@
 """The systemd unit: it verifies, its exposure is low, tcpwatch works under exactly its
 capabilities, and the daemon speaks sd_notify (readiness, watchdog, stopping)."""
 
-import os
 import re
 import shutil
 import socket
