@@ -78,7 +78,8 @@ def run(settings) -> int:
         address = server.bound_address(http)
         log.info("listening", extra={"address": address, "path": settings.telemetry_path,
                                      "version": __version__, "ebpf": program is not None,
-                                     "ebpf_time_wait": bool(program and program.time_wait_tracked)})
+                                     "ebpf_time_wait": bool(program and program.time_wait_tracked),
+                                     "ebpf_attach": program.attach.mode if program else "none"})
         notifier = systemd.Notifier()
         notifier.ready(f"serving on {address}, ebpf {'on' if program else 'off'}")
         next_ping = 0.0
@@ -121,7 +122,11 @@ def _load_ebpf(settings):
     from .sources import bpf
 
     try:
-        return bpf.BpfProgram(settings.bpf_max_sockets, settings.bpf_ports, settings.bpf_time_wait)
+        return bpf.BpfProgram(settings.bpf_max_sockets, settings.bpf_ports, settings.bpf_time_wait,
+                              attach=settings.bpf_attach, max_netns=settings.bpf_max_netns,
+                              btf_path=settings.bpf_btf)
+    except bpf.AttachModeUnavailable as exc:   # an explicit mode is a promise, even with --ebpf auto
+        raise ConfigError(str(exc)) from None
     except bpf.BpfUnavailable as exc:
         if settings.ebpf == "on":
             raise ConfigError(f"--ebpf on: {exc}") from None

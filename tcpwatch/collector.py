@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from . import __version__, attribution, histograms, states
-from .model import KERNEL_HELD, DiagSnapshot
+from .model import KERNEL_HELD, BpfReading, DiagSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,7 @@ class TcpCollector:
             ok = False
             if snap is not None:
                 try:
-                    entered = reading.close_wait_entered_ns if reading is not None else {}
-                    families.extend(self._process_families(snap, entered, oldest))
+                    families.extend(self._process_families(snap, reading, oldest))
                     ok = True
                 except Exception as exc:
                     self._errors[COLLECTOR_PROCESS] += 1
@@ -152,16 +151,30 @@ class TcpCollector:
         return families
 
     @staticmethod
-    def _bpf_families(reading) -> list:
+    def _bpf_families(reading: BpfReading) -> list:
+        attach = GaugeMetricFamily(
+            "tcpwatch_ebpf_attach_info",
+            "Always 1: how the eBPF program is attached. mode: tp_btf (BTF-typed raw tracepoints) "
+            "or tracepoint (the classic ones, the fallback). reason: requested "
+            "(--collector.bpf.attach), btf (auto, the kernel has BTF), no_btf (auto, no usable "
+            "BTF), tp_btf_refused (auto, the kernel refused tp_btf; the log says why).",
+            labels=["mode", "reason"])
+        attach.add_metric([reading.attach_mode, reading.attach_reason], 1.0)
+        tracked = GaugeMetricFamily(
+            "tcpwatch_ebpf_netns_tracked",
+            "Network namespaces the eBPF program keeps counters for "
+            "(at most --collector.bpf.max-netns - 1; the rest count under netns_full).")
+        tracked.add_metric([], reading.counters.get("netns_tracked", 0))
+        total = reading.total()
         transitions = CounterMetricFamily(
             "tcpwatch_state_transitions_total",
             "TCP state changes of full sockets seen by the eBPF program (sock:inet_sock_set_state), "
             "since tcpwatch started. Timewait sockets are not full sockets: entering TIME_WAIT "
             "shows as fin_wait2 -> close (or closing -> close).",
             labels=["from", "to"])
-        pairs = set(states.KNOWN_TRANSITIONS) | set(reading.transitions)
+        pairs = set(states.KNOWN_TRANSITIONS) | set(total.transitions)
         for old, new in sorted(pairs):
-            transitions.add_metric([states.name(old), states.name(new)], reading.transitions.get((old, new), 0))
+            transitions.add_metric([states.name(old), states.name(new)], total.transitions.get((old, new), 0))
         duration = HistogramMetricFamily(
             "tcpwatch_state_duration_seconds",
             "Time sockets spent in a state, observed when they leave it (a socket still in the "
@@ -169,27 +182,29 @@ class TcpCollector:
             "timewait sockets, from creation to expiry or early reuse.",
             labels=["state"])
         for state in states.TIMED:
-            slots = reading.duration_slots.get(state, [])
+            slots = total.duration_slots.get(state, [])
             buckets = [(floatToGoString(le), count) for le, count in histograms.cumulative_buckets(slots)]
-            duration.add_metric([states.name(state)], buckets, reading.duration_sum_ns.get(state, 0) / 1e9)
+            duration.add_metric([states.name(state)], buckets, total.duration_sum_ns.get(state, 0) / 1e9)
         untracked = CounterMetricFamily(
             "tcpwatch_ebpf_untracked_total",
             "Events the eBPF program could not time. unknown_socket: a socket left a state it "
             "entered before tcpwatch attached, or whose entry the full LRU map evicted "
-            "(--collector.bpf.max-sockets). unknown_time_wait: the same for timewait sockets.",
+            "(--collector.bpf.max-sockets). unknown_time_wait: the same for timewait sockets. "
+            "netns_full: events of a network namespace that found every namespace slot taken "
+            "(--collector.bpf.max-netns); they are counted, but not under their namespace.",
             labels=["reason"])
-        for reason in ("unknown_socket", "unknown_time_wait"):
+        for reason in ("unknown_socket", "unknown_time_wait", "netns_full"):
             untracked.add_metric([reason], reading.counters.get(reason, 0))
         retransmits = CounterMetricFamily(
             "tcpwatch_retransmits_total", "TCP segments retransmitted (tcp:tcp_retransmit_skb).")
-        retransmits.add_metric([], reading.counters.get("retransmits", 0))
+        retransmits.add_metric([], total.counters.get("retransmits", 0))
         resets = CounterMetricFamily(
             "tcpwatch_resets_total",
             "TCP resets sent (tcp:tcp_send_reset) and received (tcp:tcp_receive_reset).",
             labels=["direction"])
-        resets.add_metric(["sent"], reading.counters.get("resets_sent", 0))
-        resets.add_metric(["received"], reading.counters.get("resets_received", 0))
-        return [transitions, duration, untracked, retransmits, resets]
+        resets.add_metric(["sent"], total.counters.get("resets_sent", 0))
+        resets.add_metric(["received"], total.counters.get("resets_received", 0))
+        return [transitions, duration, untracked, retransmits, resets, attach, tracked]
 
     def _socket_families(self, snap: DiagSnapshot) -> list:
         sockets = GaugeMetricFamily(
@@ -217,15 +232,15 @@ class TcpCollector:
             limit.add_metric([port], capacity)
         return [sockets, length, limit]
 
-    def _process_families(self, snap: DiagSnapshot, bpf_entered_ns: dict, oldest) -> list:
+    def _process_families(self, snap: DiagSnapshot, reading: Optional[BpfReading], oldest) -> list:
         opts = self._options
         scan = self._scan_owners(snap.inode_states.keys())
         ownership = attribution.attribute(snap, scan.owners)
         now = self._clock()
         first_seen = dict(self._close_wait_first_seen.update((s.cookie for s in snap.close_wait), now))
         # The program's entry times are exact, in ns of CLOCK_MONOTONIC: our clock.
-        for sock in snap.close_wait:
-            entered = bpf_entered_ns.get(sock.tuple_key())
+        for sock in snap.close_wait if reading is not None else ():
+            entered = reading.close_wait_entered(sock, snap.netns_inode)
             if entered is not None:
                 first_seen[sock.cookie] = min(first_seen[sock.cookie], entered / 1e9)
 

@@ -17,6 +17,8 @@ DEFAULT_LISTEN_ADDRESS = f":{DEFAULT_PORT}"
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("logfmt", "json")
 EBPF_MODES = ("auto", "on", "off")
+ATTACH_MODES = ("auto", "tp_btf", "tracepoint")   # mirrors sources.bpf.ATTACH_MODES
+BTF_PATH = "/sys/kernel/btf/vmlinux"
 
 
 class ConfigError(Exception):
@@ -74,6 +76,19 @@ def _ebpf_mode(text) -> str:
     return text
 
 
+def _attach_mode(text) -> str:
+    if text not in ATTACH_MODES:
+        raise argparse.ArgumentTypeError(f"{text!r} must be one of {', '.join(ATTACH_MODES)}")
+    return text
+
+
+def _max_netns(text) -> int:
+    value = _non_negative(text)
+    if not 2 <= value <= 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 2 to 65536")
+    return value
+
+
 def _max_sockets(text) -> int:
     value = _non_negative(text)
     if not 1 <= value <= 1 << 24:
@@ -114,6 +129,9 @@ class RunSettings:
     bpf_max_sockets: int
     bpf_ports: object        # (lo, hi) or None for every port
     bpf_time_wait: bool
+    bpf_attach: str
+    bpf_max_netns: int
+    bpf_btf: str
 
 
 def _port(text) -> int:
@@ -165,6 +183,14 @@ _RUN_OPTIONS = (
      "sockets the eBPF program times at once (LRU maps; evictions are counted)"),
     ("--collector.bpf.ports", "bpf_ports", parse_port_range, None,
      "time only connections with a local or remote port in LO-HI (default: every port)"),
+    ("--collector.bpf.attach", "bpf_attach", _attach_mode, "auto",
+     "auto: BTF-typed tracepoints (tp_btf) where the kernel has BTF, else the classic ones; "
+     "tp_btf or tracepoint: that mode or exit 2"),
+    ("--collector.bpf.max-netns", "bpf_max_netns", _max_netns, 128,
+     "network namespace slots the eBPF program keeps counters in (one is for the unknown; "
+     "the kernel locks about 7 KB per slot per CPU)"),
+    ("--collector.bpf.btf", "bpf_btf", str, BTF_PATH,
+     "the running kernel's BTF, where struct offsets and tp_btf type ids come from"),
 )
 _BOOL_OPTIONS = (
     ("--collector.process", "process_enabled", True, "attribute sockets to processes (walks /proc/*/fd)"),
@@ -190,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--port", type=_port, help="only connections with this local or remote port")
     trace.add_argument("--state", type=_state_name, help="only transitions from or to this state")
     trace.add_argument("--duration", type=_seconds, help="stop after this many seconds")
+    trace.add_argument("--attach", type=_attach_mode, default="auto",
+                       help="how to attach: auto, tp_btf or tracepoint (as --collector.bpf.attach)")
     commands.add_parser("doctor", help="check what eBPF needs here and how to fix what is missing")
     snap = commands.add_parser("snapshot", help="print one dump for a person")
     snap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")

@@ -1,4 +1,5 @@
-"""``tcpwatch doctor``: what eBPF needs on this host, each check with its fix."""
+"""``tcpwatch doctor``: what eBPF needs on this host, each check with its fix, and the attach
+mode tcpwatch will use (with the reason when it is the fallback)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 import platform
 import sys
 
-from .sources import bpf
+from .sources import bpf, btf
 
 
 def _checks():
@@ -16,12 +17,6 @@ def _checks():
            f"running {release}; upgrade the kernel")
     yield ("running as root or with CAP_BPF and CAP_PERFMON", _has_bpf_privilege(),
            "run as root, or grant CAP_BPF, CAP_PERFMON (and CAP_SYS_RESOURCE on kernels before 5.11)")
-    mounted = os.path.ismount(bpf.TRACEFS)
-    yield (f"tracefs mounted on {bpf.TRACEFS}", mounted,
-           f"mount -t tracefs tracefs {bpf.TRACEFS}")
-    yield (f"tracepoint {bpf.TRACEPOINT} present",
-           os.path.exists(f"{bpf.TRACEFS}/events/{bpf.TRACEPOINT}"),
-           "needs Linux 4.16+ with CONFIG_TRACEPOINTS (and tracefs mounted)")
     try:
         import bcc  # noqa: F401
         importable = True
@@ -33,21 +28,32 @@ def _checks():
     yield (f"kernel headers at {build}",
            os.path.exists(f"{build}/include/generated/autoconf.h"),
            f"apt-get install linux-headers-{release} (or run `make run`, which links the "
-           "distribution's headers: safe here, only tracepoint arguments are read)")
+           "distribution's headers: safe, no struct offset is taken from them)")
     yield ("tw_timer_handler in /proc/kallsyms (TIME_WAIT durations)",
            bpf.kernel_symbol("tw_timer_handler") is not None,
            "set kernel.kptr_restrict=0 or run as root; without it TIME_WAIT is not timed")
+
+
+def _optional_checks():
+    """What only one attach mode needs: a failure here picks the other mode, not 'no eBPF'."""
+    try:
+        bpf.kernel_layout()
+        yield (f"kernel BTF at {btf.VMLINUX} describes what the program reads (tp_btf mode)", True, "")
+    except btf.BtfError as exc:
+        yield (f"kernel BTF at {btf.VMLINUX} (tp_btf mode, namespace inodes)", False,
+               f"{exc}; needs CONFIG_DEBUG_INFO_BTF=y (tcpwatch falls back to the classic tracepoints)")
+    mounted = os.path.ismount(bpf.TRACEFS)
+    yield (f"tracefs mounted on {bpf.TRACEFS} (tracepoint mode)", mounted,
+           f"mount -t tracefs tracefs {bpf.TRACEFS}")
 
 
 def _has_bpf_privilege() -> bool:
     if os.geteuid() == 0:
         return True
     try:
-        with open("/proc/self/status") as f:
-            caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
-    except (OSError, StopIteration):
+        return not bpf.missing_capabilities(bpf.effective_capabilities())
+    except OSError:
         return False
-    return bool(caps & (1 << 39)) and bool(caps & (1 << 38))
 
 
 def doctor() -> int:
@@ -55,11 +61,16 @@ def doctor() -> int:
     for name, ok, fix in _checks():
         print(f"[{'pass' if ok else 'FAIL'}] {name}" + ("" if ok else f"\n       fix: {fix}"))
         ok_all = ok_all and ok
+    for name, ok, fix in _optional_checks():
+        print(f"[{'pass' if ok else 'warn'}] {name}" + ("" if ok else f"\n       fix: {fix}"))
     if ok_all:
         try:
             program = bpf.BpfProgram(max_sockets=1024)
+            choice = program.attach
             program.close()
-            print("[pass] the eBPF program compiles, loads and detaches")
+            print(f"[pass] the eBPF program compiles, loads and detaches: attach mode {choice.mode}")
+            if choice.detail:
+                print(f"       {choice.mode} is the fallback ({choice.reason}): {choice.detail}")
         except bpf.BpfUnavailable as exc:
             print(f"[FAIL] the eBPF program compiles, loads and detaches\n       {exc}")
             ok_all = False

@@ -1,22 +1,25 @@
 """Kernel log2 histograms to Prometheus buckets: pure, so tests feed it lists.
 
-The eBPF program counts durations in slots of powers of two nanoseconds: slot k holds
-values in [2^(k-1), 2^k) ns (bcc's bpf_log2l). A Prometheus bucket is cumulative with an
-upper bound, so bucket ``le = 2^k ns`` is the sum of slots 0..k.
+The eBPF program counts durations in SLOTS slots of powers of two nanoseconds: slot 0 holds
+stays under 2^FIRST_SLOT ns, slot j stays in [2^(FIRST_SLOT+j-1), 2^(FIRST_SLOT+j)) ns, and the
+last slot stays of 2^LAST_SLOT ns or more (bcc's bpf_log2l, clamped). The program is compiled with
+these constants, so it keeps no slot that would not be exported. A Prometheus bucket is
+cumulative with an upper bound, so bucket ``le = 2^(FIRST_SLOT+j) ns`` is the sum of slots 0..j.
 """
 
 from __future__ import annotations
 
 FIRST_SLOT = 10   # le = 2^10 ns, about 1 µs: shorter stays land in the first bucket
 LAST_SLOT = 45    # le = 2^45 ns, about 9.8 h: longer stays count only in +Inf
+SLOTS = LAST_SLOT - FIRST_SLOT + 2
 
 
 def cumulative_buckets(slots) -> list:
     """[(le seconds, cumulative count)] for every bound, empty ones included, then +Inf."""
-    running = sum(slots[:FIRST_SLOT])
+    running = 0
     buckets = []
-    for k in range(FIRST_SLOT, LAST_SLOT + 1):
-        running += slots[k] if k < len(slots) else 0
-        buckets.append((2.0 ** k / 1e9, running))
+    for j in range(SLOTS - 1):
+        running += slots[j] if j < len(slots) else 0
+        buckets.append((2.0 ** (FIRST_SLOT + j) / 1e9, running))
     buckets.append((float("inf"), sum(slots)))
     return buckets

@@ -61,6 +61,7 @@ class DiagSnapshot:
     unaccepted: Counter = field(default_factory=Counter)     # (Endpoint, state) -> sockets, inode 0
     time_wait_min_remaining_ms: int = -1                     # shortest TIME_WAIT timer left; -1: none
     close_wait: list = field(default_factory=list)           # [CloseWaitSocket]
+    netns_inode: int = 0                                      # the namespace dumped; 0: unknown
 
     def total(self) -> int:
         return sum(self.counts.values())
@@ -74,11 +75,49 @@ class DiagSnapshot:
 
 
 @dataclass
-class BpfReading:
-    """What the eBPF program's maps hold at one scrape, summed over CPUs."""
+class NetnsActivity:
+    """What the eBPF program counted in one network namespace (or, summed, in all of them)."""
 
-    transitions: dict = field(default_factory=dict)            # (from, to) -> count
-    duration_slots: dict = field(default_factory=dict)         # state -> [count per log2 ns slot]
-    duration_sum_ns: dict = field(default_factory=dict)        # state -> ns
-    counters: dict = field(default_factory=dict)               # name -> count
-    close_wait_entered_ns: dict = field(default_factory=dict)  # 4-tuple key -> CLOCK_MONOTONIC ns
+    transitions: Counter = field(default_factory=Counter)      # (from, to) -> count
+    duration_slots: dict = field(default_factory=dict)         # state -> [count per histogram slot]
+    duration_sum_ns: Counter = field(default_factory=Counter)  # state -> ns
+    counters: Counter = field(default_factory=Counter)         # retransmits, resets_sent, resets_received
+
+    def add(self, other: "NetnsActivity") -> None:
+        self.transitions.update(other.transitions)
+        self.duration_sum_ns.update(other.duration_sum_ns)
+        self.counters.update(other.counters)
+        for state, slots in other.duration_slots.items():
+            mine = self.duration_slots.setdefault(state, [0] * len(slots))
+            self.duration_slots[state] = [a + b for a, b in zip(mine, slots)]
+
+
+@dataclass
+class BpfReading:
+    """What the eBPF program's maps hold at one scrape, summed over CPUs.
+
+    ``close_wait_entered_ns`` is keyed by socket cookie when the program could make cookies
+    (tp_btf), else by (netns inode, family, local port, remote port, local, remote address).
+    """
+
+    attach_mode: str = ""                                      # tp_btf or tracepoint
+    attach_reason: str = ""                                    # why that mode (one word)
+    netns: dict = field(default_factory=dict)                  # netns inode (0: unknown) -> NetnsActivity
+    counters: dict = field(default_factory=dict)               # program-wide: name -> count
+    close_wait_by_cookie: bool = True
+    close_wait_entered_ns: dict = field(default_factory=dict)  # cookie or tuple key -> CLOCK_MONOTONIC ns
+
+    def total(self) -> NetnsActivity:
+        """Every namespace summed."""
+        total = NetnsActivity()
+        for activity in self.netns.values():
+            total.add(activity)
+        return total
+
+    def close_wait_entered(self, sock: CloseWaitSocket, netns: int):
+        """When ``sock``, dumped from namespace ``netns``, entered CLOSE_WAIT; None if unseen."""
+        if self.close_wait_by_cookie:
+            return self.close_wait_entered_ns.get(sock.cookie)
+        key = sock.tuple_key()
+        entered = self.close_wait_entered_ns.get((netns,) + key)
+        return entered if entered is not None else self.close_wait_entered_ns.get((0,) + key)

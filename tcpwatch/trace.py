@@ -26,7 +26,7 @@ def _address(family: int, raw) -> str:
 def trace(args) -> int:
     try:
         program = bpf.BpfProgram(max_sockets=65536, port_range=(args.port, args.port) if args.port else None,
-                                 track_time_wait=False, emit_events=True)
+                                 track_time_wait=False, emit_events=True, attach=args.attach)
     except bpf.BpfUnavailable as exc:
         raise ConfigError(f"trace needs eBPF: {exc}") from None
     stopping = []
@@ -45,6 +45,10 @@ def trace(args) -> int:
             "remote": f"{_address(t.family, t.daddr)}:{t.dport}",
             "from": states.name(event.oldstate), "to": states.name(event.newstate),
             "seconds_in_from": round(event.dwell_ns / 1e9, 6) if event.dwell_ns else None,
+            # inode of the socket's network namespace (as /proc/PID/ns/net shows it); null if unknown
+            "netns": t.netns or None,
+            # the socket cookie inet_diag reports (ss -e: sk:...); null in tracepoint mode
+            "cookie": event.cookie or None,
         }
         if args.json:
             print(json.dumps(record), flush=True)

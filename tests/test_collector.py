@@ -14,9 +14,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from helpers import parse_metrics, value
-from tcpwatch import states
+from tcpwatch import histograms, states
 from tcpwatch.collector import CollectorOptions, TcpCollector
-from tcpwatch.model import BpfReading, CloseWaitSocket, DiagSnapshot, Endpoint, Listener
+from tcpwatch.model import BpfReading, CloseWaitSocket, NetnsActivity, DiagSnapshot, Endpoint, Listener
 from tcpwatch.sources.processes import OwnerScan
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
@@ -42,15 +42,19 @@ def hand_built_snapshot():
 
 def hand_built_reading():
     """Four handshakes of about 0.6 ms, one failed; socket 40 entered CLOSE_WAIT at t=900 s."""
-    slots = [0] * 64
-    slots[20] = 4
+    slots = [0] * histograms.SLOTS
+    slots[20 - histograms.FIRST_SLOT] = 4
     return BpfReading(
-        transitions={(states.CLOSE, states.SYN_SENT): 5, (states.SYN_SENT, states.ESTABLISHED): 4,
-                     (states.SYN_SENT, states.CLOSE): 1, (states.ESTABLISHED, states.SYN_SENT): 0},
-        duration_slots={states.SYN_SENT: slots},
-        duration_sum_ns={states.SYN_SENT: 4 * 600_000},
-        counters={"unknown_socket": 2, "retransmits": 7, "resets_sent": 1, "resets_received": 3},
-        close_wait_entered_ns={(2, 8080, 50000, LOCAL, LOCAL): 900 * 10**9})
+        attach_mode="tp_btf", attach_reason="btf",
+        netns={4026531840: NetnsActivity(
+            transitions=Counter({(states.CLOSE, states.SYN_SENT): 5, (states.SYN_SENT, states.ESTABLISHED): 4,
+                                 (states.SYN_SENT, states.CLOSE): 1, (states.ESTABLISHED, states.SYN_SENT): 0}),
+            duration_slots={states.SYN_SENT: slots},
+            duration_sum_ns=Counter({states.SYN_SENT: 4 * 600_000}),
+            counters=Counter({"retransmits": 7, "resets_sent": 1})),
+            0: NetnsActivity(counters=Counter({"resets_received": 3}))},   # summed with the first
+        counters={"unknown_socket": 2, "netns_tracked": 1},
+        close_wait_entered_ns={40: 900 * 10**9})
 
 
 class Clock:

@@ -1,10 +1,12 @@
 """The real eBPF program, loaded by the daemon, against real sockets in a private netns.
 
 eBPF sees every network namespace, so the daemon times only ports 21000-21999, which the
-tests use and nothing else on the host does (they are below the ephemeral range).
+tests use and nothing else on the host does (they are below the ephemeral range). Every test
+runs in both attach modes: tp_btf and the classic tracepoints.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,9 +22,15 @@ pytestmark = pytest.mark.root
 PORTS = "21000-21999"
 
 
+@pytest.fixture(scope="module", params=["tp_btf", "tracepoint"])
+def attach(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def ns():
-    name = f"tcpw-ebpf-{os.getpid()}"
+def ns(attach):
+    """One namespace per attach mode: the other mode's TIME_WAIT sockets stay out of its counts."""
+    name = f"tcpw-ebpf-{attach}-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
     yield name
@@ -30,8 +38,8 @@ def ns():
 
 
 @pytest.fixture(scope="module")
-def daemon(ns):
-    d = Daemon("--ebpf", "on", "--collector.bpf.ports", PORTS, netns=ns)
+def daemon(ns, attach):
+    d = Daemon("--ebpf", "on", "--collector.bpf.attach", attach, "--collector.bpf.ports", PORTS, netns=ns)
     yield d
     assert d.stop() == 0
 
@@ -49,9 +57,10 @@ def histogram(samples, state):
             value(samples, "tcpwatch_state_duration_seconds_sum", state=state))
 
 
-def test_ebpf_is_enabled(daemon):
+def test_ebpf_is_enabled(daemon, attach):
     samples = daemon.scrape()
     assert value(samples, "tcpwatch_ebpf_enabled") == 1
+    assert value(samples, "tcpwatch_ebpf_attach_info", mode=attach, reason="requested") == 1
     assert value(samples, "tcpwatch_scrape_collector_success", collector="ebpf") == 1
 
 
@@ -118,7 +127,7 @@ def test_syn_sent_duration_is_the_handshake(ns, daemon):
     assert 0 < mean < 0.01   # loopback: microseconds
 
 
-def test_syn_sent_duration_matches_a_known_round_trip_time():
+def test_syn_sent_duration_matches_a_known_round_trip_time(attach):
     """Two namespaces joined by tun devices and a forwarder that delays each packet 40 ms
     each way: every handshake's SYN_SENT lasts one round trip, 80 ms."""
     one_way_ms, k = 40, 8
@@ -132,7 +141,8 @@ def test_syn_sent_duration_matches_a_known_round_trip_time():
         link = subprocess.Popen([sys.executable, str(Path(__file__).parent / "delay_link.py"), a, b,
                                  str(one_way_ms), "120"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert link.stdout.readline().strip() == "ready"
-        daemon = Daemon("--ebpf", "on", "--collector.bpf.ports", "21600-21699", netns=a)
+        daemon = Daemon("--ebpf", "on", "--collector.bpf.attach", attach, "--collector.bpf.ports", "21600-21699",
+                        netns=a)
         before = histogram(daemon.scrape(), "syn_sent")
         server = Workload("listen", netns=b, count=k, host="198.18.0.2", **{"listen-port": 21601})
         Workload("connect", netns=a, count=k, port=21601, host="198.18.0.2").stop()
@@ -153,9 +163,10 @@ def test_syn_sent_duration_matches_a_known_round_trip_time():
 
 
 @pytest.mark.slow
-def test_time_wait_expires_after_60s_and_reuse_is_shorter(ns):
+def test_time_wait_expires_after_60s_and_reuse_is_shorter(ns, attach):
     # Its own daemon and port range: other tests' TIME_WAIT sockets expire meanwhile.
-    daemon = Daemon("--ebpf", "on", "--collector.bpf.ports", "21500-21599", netns=ns)
+    daemon = Daemon("--ebpf", "on", "--collector.bpf.attach", attach, "--collector.bpf.ports", "21500-21599",
+                    netns=ns)
     try:
         _check_time_wait(ns, daemon)
     finally:
@@ -207,16 +218,20 @@ def test_ebpf_on_without_privilege_exits_2_and_auto_degrades(ns):
         assert auto.stop() == 0
 
 
-def bcc_programs():
+def our_programs():
+    """Programs loaded now whose names are ours: bcc names the classic ones after their
+    tracepoint (tracepoint__sock__…), tp_btf ones are named tp_btf_… (cut to 15 characters)."""
     out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    return sum(1 for line in out.splitlines() if "tracepoint__sock" in line or "inet_sock_set" in line)
+    return sum(1 for line in out.splitlines()
+               if re.search(r" name (tracepoint__(sock|tcp|time)|tp_btf_)", line))
 
 
-def test_sigterm_leaves_no_program_attached(ns):
+def test_sigterm_leaves_no_program_attached(ns, attach):
     if not shutil.which("bpftool"):
         pytest.skip("bpftool not installed")
-    baseline = bcc_programs()
-    d = Daemon("--ebpf", "on", "--collector.bpf.ports", "21990-21999", netns=ns)
-    assert bcc_programs() == baseline + 1
+    baseline = our_programs()
+    d = Daemon("--ebpf", "on", "--collector.bpf.attach", attach, "--collector.bpf.ports", "21990-21999", netns=ns)
+    # state changes, retransmits, resets sent and received, the two TIME_WAIT timer hooks
+    assert our_programs() == baseline + 6
     assert d.stop() == 0
-    wait_for(lambda: bcc_programs() == baseline, timeout=5, what="the program to be unloaded")
+    wait_for(lambda: our_programs() == baseline, timeout=5, what="the programs to be unloaded")

@@ -103,15 +103,21 @@ def test_lru_map_full_under_churn_is_counted(netns, daemons, workloads):
     assert value(samples, "tcpwatch_state_transitions_total", **{"from": "listen", "to": "syn_recv"}) == 100
 
 
-def test_tracefs_missing_at_start_and_unmounted_while_running(netns, daemons):
-    # No tracefs in the daemon's mount namespace: auto mode degrades with the reason.
+@pytest.mark.parametrize("attach", ["tp_btf", "tracepoint"])
+def test_tracefs_missing_at_start_and_unmounted_while_running(netns, daemons, attach):
+    # No tracefs in the daemon's mount namespace: the classic tracepoints cannot be used, and
+    # auto degrades with the reason; tp_btf does not need tracefs.
     argv_prefix = ["sh", "-c", "umount /sys/kernel/tracing 2>/dev/null; exec \"$@\"", "sh"]
-    degraded = daemons("--ebpf", "auto", netns=netns, wrapper=argv_prefix)
-    assert value(degraded.scrape(), "tcpwatch_ebpf_enabled") == 0
-    assert any("tracefs is not mounted" in line for line in degraded.log), degraded.log
-    degraded.stop()
+    without = daemons("--ebpf", "auto", "--collector.bpf.attach", attach, netns=netns, wrapper=argv_prefix)
+    if attach == "tracepoint":
+        assert value(without.scrape(), "tcpwatch_ebpf_enabled") == 0
+        assert any("tracefs is not mounted" in line for line in without.log), without.log
+    else:
+        assert value(without.scrape(), "tcpwatch_ebpf_attach_info", mode="tp_btf", reason="requested") == 1
+    without.stop()
     # Attached, then tracefs goes away: the attached program keeps counting.
-    daemon = daemons("--ebpf", "on", "--collector.bpf.ports", "21960-21969", netns=netns)
+    daemon = daemons("--ebpf", "on", "--collector.bpf.attach", attach, "--collector.bpf.ports", "21960-21969",
+                     netns=netns)
     subprocess.run(["nsenter", f"--mount=/proc/{daemon.proc.pid}/ns/mnt", "umount", "/sys/kernel/tracing"],
                    check=True)
     samples = daemon.scrape()
@@ -120,8 +126,9 @@ def test_tracefs_missing_at_start_and_unmounted_while_running(netns, daemons):
 
 
 def bcc_programs():
-    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    return sum(1 for line in out.splitlines() if "tracepoint__sock" in line or "inet_sock_set" in line)
+    from test_ebpf import our_programs
+
+    return our_programs()
 
 
 @pytest.mark.skipif(shutil.which("bpftool") is None, reason="bpftool not installed")

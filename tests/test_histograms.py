@@ -2,10 +2,10 @@ from tcpwatch import histograms
 
 
 def test_slots_become_cumulative_second_buckets_with_empty_ones_filled():
-    slots = [0] * 64
-    slots[3] = 2      # below the first bound: counted in every bucket
-    slots[20] = 5     # [2^19, 2^20) ns
-    slots[50] = 1     # beyond the last bound: only in +Inf
+    slots = [0] * histograms.SLOTS
+    slots[0] = 2      # below the first bound: counted in every bucket
+    slots[10] = 5     # [2^19, 2^20) ns
+    slots[-1] = 1     # beyond the last bound: only in +Inf
     buckets = histograms.cumulative_buckets(slots)
     assert len(buckets) == histograms.LAST_SLOT - histograms.FIRST_SLOT + 2
     assert buckets[0] == (2 ** 10 / 1e9, 2)
@@ -16,3 +16,8 @@ def test_slots_become_cumulative_second_buckets_with_empty_ones_filled():
     assert counts == sorted(counts)
 
     assert buckets[0][0] < 2e-6 and buckets[-2][0] > 3600 * 9   # about 1 µs to 9.8 h
+
+
+def test_an_empty_state_has_every_bucket_at_zero():
+    buckets = histograms.cumulative_buckets([])
+    assert len(buckets) == histograms.SLOTS and all(count == 0 for _, count in buckets)

@@ -44,8 +44,14 @@ def listener(family, backlog=128, port=None):
     return sock
 
 
+CLIENT_PORTS = None   # an iterator of local ports for the leak scenario's clients (--client-port)
+
+
 def connect(family, port, blocking=True):
     sock = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_STREAM)
+    if CLIENT_PORTS is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host(family), next(CLIENT_PORTS)))
     if blocking:
         sock.settimeout(5)
         sock.connect((host(family), port))
@@ -89,7 +95,11 @@ def scenario_states(args, held):
 
 
 def scenario_leak(args, held):
-    """``count`` CLOSE_WAIT sockets held by this process: the peers closed, we never do."""
+    """``count`` CLOSE_WAIT sockets held by this process: the peers closed, we never do.
+    With --client-port, the clients use that port and the next ones (a known 4-tuple)."""
+    global CLIENT_PORTS
+    if args.client_port:
+        CLIENT_PORTS = iter(range(args.client_port, args.client_port + args.count))
     lst = listener(args.family)
     held.append(lst)
     for client, server in pairs(lst, args.family, args.count):

@@ -1,30 +1,52 @@
 /*
- * tcpwatch: TCP state transitions and time in state, aggregated in the kernel.
+ * tcpwatch: TCP state transitions and time in state, aggregated in the kernel per network
+ * namespace.
  *
  * Strategy
- *   The tracepoint sock:inet_sock_set_state (Linux 4.16+) fires on every state change of a
- *   full TCP socket. For each event this program bumps a per-CPU counter for the (from, to)
- *   pair. It also remembers in an LRU hash, keyed by the socket's address, when the socket
- *   entered its state. When the socket leaves that state, the program adds the time spent to
- *   a per-CPU log2 histogram of that state. User space reads the maps only when Prometheus
- *   scrapes. Nothing crosses to user space per event, unless EMIT_EVENTS is defined (the
+ *   sock:inet_sock_set_state (Linux 4.16+) fires on every state change of a full TCP socket.
+ *   For each event this program bumps a per-CPU counter for the (from, to) pair. It also
+ *   remembers in an LRU hash, keyed by the socket's address, when the socket entered its
+ *   state. When the socket leaves that state, the program adds the time spent to a per-CPU
+ *   log2 histogram of that state. User space reads the maps only when Prometheus scrapes.
+ *   Nothing crosses to user space per event, unless EMIT_EVENTS is defined (the
  *   `tcpwatch trace` command).
  *
- *   Only tracepoint arguments are read, never a field of struct sock, and their layout comes
- *   from tracefs. So the program is correct on kernels whose headers do not match exactly.
+ * Two ways to attach (user space picks one and compiles with -DATTACH_TP_BTF or not)
+ *   tp_btf:     BTF-typed raw tracepoints. The program gets the kernel's own arguments
+ *               (const struct sock *sk, int oldstate, int newstate) with no record built for
+ *               it, and reads socket fields directly; the verifier checks every such read
+ *               against the kernel's BTF. bcc compiles these functions; user space loads them
+ *               as BPF_PROG_TYPE_TRACING / BPF_TRACE_RAW_TP and attaches them (sources/bpf.py).
+ *   tracepoint: the classic tracepoints, whose arguments come in a record laid out as
+ *               tracefs describes. Socket fields beyond that record are read with
+ *               bpf_probe_read_kernel. The fallback: kernels without BTF, or tp_btf refused.
+ *
+ *   No offset of a kernel struct comes from the headers bcc compiles against (they may be
+ *   another kernel's). Every OFF_* below is passed as -D by user space, from the running
+ *   kernel's BTF (sources/btf.py). Without BTF (tracepoint mode only) they are absent and the
+ *   program records network namespace 0 ("unknown").
+ *
+ * Per network namespace
+ *   Counters and histograms live in one per-CPU array element per namespace slot
+ *   (struct netns_stats). netns_slots maps a namespace's inode to its slot; free slots wait
+ *   in the free_slots queue, which user space fills at load time and refills when it
+ *   retires a namespace. Slot 0 holds what has no slot: namespace unknown, or the table
+ *   full (counted as netns_full). A socket's slot is looked up once, when the program first
+ *   sees it, and kept in its per-socket entry.
  *
  *   CLOSE_WAIT: a leaked socket never leaves CLOSE_WAIT, so its histogram never sees it.
- *   Entry times of sockets now in CLOSE_WAIT are therefore also kept in a hash keyed by the
- *   connection's 4-tuple. User space joins it to inet_diag's sockets to give exact ages.
+ *   Entry times of sockets now in CLOSE_WAIT are therefore also kept in close_wait_entered.
+ *   tp_btf keys it by the socket cookie (bpf_get_socket_cookie), the number inet_diag reports
+ *   as idiag_cookie: exact across namespaces and 4-tuple reuse. tracepoint mode cannot make
+ *   a cookie and keys it by 4-tuple and namespace.
  *
  *   TIME_WAIT: timewait sockets are not full sockets. The tracepoint shows FIN_WAIT2 -> CLOSE
  *   (or CLOSING/FIN_WAIT1 -> CLOSE) when tcp_time_wait() replaces the socket, and nothing
- *   when the timewait socket dies. With TRACK_TIME_WAIT defined, timer tracepoints fill the
- *   gap:
- *     - tcp_time_wait() arms the timewait timer (timer:timer_start with
- *       function == tw_timer_handler) right before tcp_done() fires ... -> CLOSE on the same
- *       CPU. A per-CPU stash pairs the two, linking the timer to the 4-tuple.
- *     - timer:timer_expire_entry of that timer is a normal death after 2MSL.
+ *   when the timewait socket dies. With TRACK_TIME_WAIT defined, timer hooks fill the gap:
+ *     - tcp_time_wait() arms the timewait timer (timer_start with function ==
+ *       tw_timer_handler) right before tcp_done() fires ... -> CLOSE on the same CPU. A
+ *       per-CPU stash pairs the two, linking the timer to the 4-tuple.
+ *     - timer_expire_entry of that timer is a normal death after 2MSL.
  *     - A new connection on the same 4-tuple (CLOSE -> SYN_SENT, SYN_SENT -> ESTABLISHED,
  *       LISTEN -> SYN_RECV) is an early death by reuse. It is seen up to one RTT late when
  *       connect() picked the port itself.
@@ -35,21 +57,35 @@
 
 #include <uapi/linux/in.h>
 
+#ifndef ATTACH_TP_BTF
 /* tcp:tcp_send_reset has a field of type enum sk_rst_reason (Linux 6.10+), which older headers
  * lack. bcc writes the tracepoint's argument struct from tracefs, so name a 4-byte enum of
  * our own for it: the field is never read. */
 #define sk_rst_reason tcpwatch_sk_rst_reason
 enum tcpwatch_sk_rst_reason { TCPWATCH_SK_RST_REASON_UNREAD = 0 };
+#endif
 
 #ifndef MAX_SOCKETS
 #define MAX_SOCKETS 65536   /* entries, per LRU map; 1 .. 16M */
+#endif
+#ifndef MAX_NETNS
+#define MAX_NETNS 128       /* namespace slots, slot 0 included */
 #endif
 #ifndef TW_PAIR_WINDOW_NS
 #define TW_PAIR_WINDOW_NS 100000   /* ns between timer_start and the -> CLOSE event it pairs with */
 #endif
 
 #define NSTATES 16          /* kernel TCP states fit in 4 bits (TCP_MAX_STATES = 14) */
-#define SLOTS 64            /* log2 slots of nanoseconds: slot k holds [2^(k-1), 2^k) ns */
+/* Histogram slots: slot 0 holds stays up to 2^HIST_FIRST ns, slot j stays in
+ * (2^(HIST_FIRST+j-1), 2^(HIST_FIRST+j)] ns, the last slot stays over 2^HIST_LAST ns. Only these
+ * bounds are exported (tcpwatch/histograms.py passes them), so no memory goes to the rest. */
+#ifndef HIST_FIRST
+#define HIST_FIRST 10
+#endif
+#ifndef HIST_LAST
+#define HIST_LAST 45
+#endif
+#define HIST_SLOTS (HIST_LAST - HIST_FIRST + 2)
 
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
@@ -62,18 +98,22 @@ enum tcpwatch_sk_rst_reason { TCPWATCH_SK_RST_REASON_UNREAD = 0 };
 #define TCP_LISTEN 10
 #define TCP_CLOSING 11
 
-/* Indexes of the counters array; mirrored in tcpwatch/sources/bpf.py. */
+/* Indexes of the global counters; mirrored in tcpwatch/sources/bpf.py. */
 #define C_UNKNOWN_SOCKET 0    /* left a state we never saw it enter (before attach, or evicted) */
-#define C_RETRANSMITS 1
-#define C_RESETS_SENT 2
-#define C_RESETS_RECEIVED 3
-#define C_TW_UNKNOWN 4        /* a timewait timer expired that we never saw armed */
-#define C_MAX 5
+#define C_TW_UNKNOWN 1        /* a timewait timer expired that we never saw armed */
+#define C_NETNS_FULL 2        /* an event counted in slot 0 because every namespace slot was taken */
+#define C_MAX 3
+
+/* Indexes of the per-namespace counters; mirrored in tcpwatch/sources/bpf.py. */
+#define N_RETRANSMITS 0
+#define N_RESETS_SENT 1
+#define N_RESETS_RECEIVED 2
+#define N_MAX 3
 
 struct entered {
     u64 ns;                   /* bpf_ktime_get_ns() when the socket entered `state` */
     u32 state;
-    u32 pad;
+    u32 slot;                 /* its namespace's slot in netns_stats */
 };
 
 /* A connection as user space sees it in inet_diag: local first; IPv4 uses 4 bytes. */
@@ -82,27 +122,62 @@ struct tuple {
     u16 sport;                /* host byte order */
     u16 dport;
     u16 pad;
+    u32 netns;                /* inode of the socket's network namespace; 0: unknown */
+    u32 pad2;
     u8 saddr[16];
     u8 daddr[16];
 };
 
+struct netns_stats {
+    u64 transitions[NSTATES * NSTATES];       /* index from * NSTATES + to */
+    u64 duration_slots[NSTATES * HIST_SLOTS]; /* index state * HIST_SLOTS + slot */
+    u64 duration_sum_ns[NSTATES];
+    u64 counters[N_MAX];
+};
+
+struct close_wait_value {
+    u64 ns;                   /* when the socket entered CLOSE_WAIT */
+    u32 netns;
+    u32 pad;
+};
+
+#ifdef ATTACH_TP_BTF
+typedef u64 close_wait_key;   /* the socket cookie */
+#else
+typedef struct tuple close_wait_key;
+#endif
+
 BPF_TABLE("lru_hash", u64, struct entered, socket_states, MAX_SOCKETS);
-BPF_TABLE("lru_hash", struct tuple, u64, close_wait_entered, MAX_SOCKETS);
-BPF_PERCPU_ARRAY(transitions, u64, NSTATES * NSTATES);      /* index from * NSTATES + to */
-BPF_PERCPU_ARRAY(duration_slots, u64, NSTATES * SLOTS);     /* index state * SLOTS + slot */
-BPF_PERCPU_ARRAY(duration_sum_ns, u64, NSTATES);
+BPF_TABLE("lru_hash", close_wait_key, struct close_wait_value, close_wait_entered, MAX_SOCKETS);
+BPF_PERCPU_ARRAY(netns_stats, struct netns_stats, MAX_NETNS);
+BPF_HASH(netns_slots, u32, u32, MAX_NETNS);
+BPF_QUEUE(free_slots, u32, MAX_NETNS);
 BPF_PERCPU_ARRAY(counters, u64, C_MAX);
 
 #ifdef EMIT_EVENTS
 struct event {
     u64 ts_ns;
     u64 dwell_ns;             /* time in oldstate, 0 when unknown */
+    u64 cookie;               /* 0 in tracepoint mode */
     struct tuple tuple;
     u32 oldstate;
     u32 newstate;
 };
 BPF_PERF_OUTPUT(events);
 #endif
+
+/* A field of a kernel struct at an offset the kernel's BTF gave. tp_btf: a plain load, which
+ * the verifier checks against BTF and which reads 0 through a NULL pointer. tracepoint: the
+ * pointers are untyped, so copy with bpf_probe_read_kernel (0 on a fault). */
+#ifdef ATTACH_TP_BTF
+#define KREAD(type, base, off) (*(type *)((void *)(base) + (off)))
+#else
+#define KREAD(type, base, off) ({ type _v = 0; bpf_probe_read_kernel(&_v, sizeof(_v), (void *)(base) + (off)); _v; })
+#endif
+
+/* Makes the compiler forget what it knows of x, so that a bounds check that follows is kept
+ * where the verifier needs it (on the register used to index), not dropped as redundant. */
+#define forget_bounds(x) asm volatile("" : "+r"(x))
 
 static __always_inline void bump(u32 index)
 {
@@ -111,15 +186,78 @@ static __always_inline void bump(u32 index)
         (*value)++;
 }
 
-static __always_inline void observe(u32 state, u64 dwell_ns)
+/* The inode of the network namespace of a socket (or of a timewait or request socket: all
+ * start with struct sock_common). 0 when unknown. */
+static __always_inline u32 sock_netns(const void *sk)
 {
-    u32 index = state * SLOTS + bpf_log2l(dwell_ns);
-    u64 *slot = duration_slots.lookup(&index);
+#ifdef OFF_SKC_NET
+    if (!sk)
+        return 0;
+    const void *net = KREAD(const void *, sk, OFF_SKC_NET);
+    if (!net)
+        return 0;
+    return KREAD(u32, net, OFF_NS_INUM);
+#else
+    return 0;
+#endif
+}
+
+/* The slot of a namespace in netns_stats, taking a free one the first time it is seen. */
+static __always_inline u32 netns_slot(u32 inum)
+{
+    if (!inum)
+        return 0;
+    u32 *slot = netns_slots.lookup(&inum);
     if (slot)
-        (*slot)++;
-    u64 *sum = duration_sum_ns.lookup(&state);
-    if (sum)
-        *sum += dwell_ns;
+        return *slot;
+    u32 fresh = 0;
+    if (free_slots.pop(&fresh) != 0) {
+        bump(C_NETNS_FULL);
+        return 0;
+    }
+    if (netns_slots.insert(&inum, &fresh) != 0) {   /* another CPU inserted it first */
+        free_slots.push(&fresh, 0);
+        slot = netns_slots.lookup(&inum);
+        return slot ? *slot : 0;
+    }
+    return fresh;
+}
+
+static __always_inline struct netns_stats *stats_of(u32 slot)
+{
+    return netns_stats.lookup(&slot);
+}
+
+static __always_inline void count_in(u32 slot, u32 counter)
+{
+    struct netns_stats *stats = stats_of(slot);
+    if (stats && counter < N_MAX)
+        stats->counters[counter]++;
+}
+
+static __always_inline u32 hist_slot(u64 ns)
+{
+    u32 k = bpf_log2l(ns);    /* ns in [2^(k-1), 2^k) */
+    if (k <= HIST_FIRST)
+        return 0;
+    if (k > HIST_LAST)
+        return HIST_SLOTS - 1;
+    return k - HIST_FIRST;
+}
+
+static __always_inline void observe(struct netns_stats *stats, u32 state, u64 dwell_ns)
+{
+    if (!stats)
+        return;
+    /* u64 indexes: a u32 is zero-extended in a copy, and the check would not cover the use. */
+    u64 index = state * HIST_SLOTS + hist_slot(dwell_ns);
+    u64 row = state;
+    forget_bounds(index);
+    forget_bounds(row);
+    if (index < NSTATES * HIST_SLOTS && row < NSTATES) {
+        stats->duration_slots[index]++;
+        stats->duration_sum_ns[row] += dwell_ns;
+    }
 }
 
 static __always_inline int port_tracked(u16 sport, u16 dport)
@@ -135,6 +273,8 @@ static __always_inline int port_tracked(u16 sport, u16 dport)
 struct tw_entry {
     u64 ns;                   /* when the timewait socket was created */
     u64 timer;                /* address of its tw_timer */
+    u32 slot;                 /* its namespace's slot */
+    u32 pad;
 };
 struct tw_armed {
     u64 timer;
@@ -145,13 +285,13 @@ BPF_TABLE("lru_hash", u64, struct tuple, tw_by_timer, MAX_SOCKETS);
 BPF_PERCPU_ARRAY(tw_last_armed, struct tw_armed, 1);
 
 /* A timewait timer armed on this CPU just now belongs to the socket going -> CLOSE now. */
-static __always_inline void tw_pair(struct tuple *t, u64 now)
+static __always_inline void tw_pair(struct tuple *t, u64 now, u32 slot)
 {
     u32 zero = 0;
     struct tw_armed *armed = tw_last_armed.lookup(&zero);
     if (!armed || !armed->timer || now - armed->ns > TW_PAIR_WINDOW_NS)
         return;
-    struct tw_entry entry = {.ns = armed->ns, .timer = armed->timer};
+    struct tw_entry entry = {.ns = armed->ns, .timer = armed->timer, .slot = slot};
     tw_by_tuple.update(t, &entry);
     tw_by_timer.update(&entry.timer, t);
     armed->timer = 0;
@@ -163,100 +303,257 @@ static __always_inline void tw_reused(struct tuple *t, u64 now)
     struct tw_entry *entry = tw_by_tuple.lookup(t);
     if (!entry)
         return;
-    observe(TCP_TIME_WAIT, now - entry->ns);
+    observe(stats_of(entry->slot), TCP_TIME_WAIT, now - entry->ns);
     u64 timer = entry->timer;
     tw_by_timer.delete(&timer);
     tw_by_tuple.delete(t);
 }
 
-TRACEPOINT_PROBE(timer, timer_start)
+static __always_inline void tw_timer_started(u64 timer, u64 function)
 {
-    if ((u64)args->function != TW_TIMER_HANDLER)
-        return 0;
+    if (function != TW_TIMER_HANDLER)
+        return;
     u32 zero = 0;
     struct tw_armed *armed = tw_last_armed.lookup(&zero);
     if (armed) {
-        armed->timer = (u64)args->timer;
+        armed->timer = timer;
         armed->ns = bpf_ktime_get_ns();
     }
-    return 0;
 }
 
-TRACEPOINT_PROBE(timer, timer_expire_entry)
+static __always_inline void tw_timer_expired(u64 timer, u64 function)
 {
-    if ((u64)args->function != TW_TIMER_HANDLER)
-        return 0;
-    u64 timer = (u64)args->timer;
+    if (function != TW_TIMER_HANDLER)
+        return;
     struct tuple *t = tw_by_timer.lookup(&timer);
     if (!t) {
         bump(C_TW_UNKNOWN);
-        return 0;
+        return;
     }
     struct tuple key = *t;
     struct tw_entry *entry = tw_by_tuple.lookup(&key);
     if (entry && entry->timer == timer) {
-        observe(TCP_TIME_WAIT, bpf_ktime_get_ns() - entry->ns);
+        observe(stats_of(entry->slot), TCP_TIME_WAIT, bpf_ktime_get_ns() - entry->ns);
         tw_by_tuple.delete(&key);
     }
     tw_by_timer.delete(&timer);
-    return 0;
 }
 #endif /* TRACK_TIME_WAIT */
 
-TRACEPOINT_PROBE(sock, inet_sock_set_state)
+#ifdef ATTACH_TP_BTF
+/* bcc's helpers.h declares this helper with an int result, which truncates the cookie. */
+static u64 (*socket_cookie)(const void *sk) = (void *)BPF_FUNC_get_socket_cookie;
+#endif
+
+/* One state change of one socket, as both attach modes see it. */
+struct change {
+    const void *sk;
+    u32 oldstate;
+    u32 newstate;
+    u64 now;
+    u64 dwell_ns;             /* time in oldstate, 0 when unknown */
+    u32 slot;
+    u8 close_wait_edge;       /* enters or leaves CLOSE_WAIT */
+    u8 tw_edge;               /* creates a timewait socket, or may reuse one's 4-tuple */
+};
+
+/* Counts and times the change. Returns 1 when the change also needs the socket's identity
+ * (its 4-tuple, cookie, namespace): the caller then fills the tuple and calls on_identity. */
+static __always_inline int on_state(struct change *c, u16 sport, u16 dport)
 {
-    if (args->protocol != IPPROTO_TCP)
-        return 0;
-    u32 oldstate = args->oldstate;
-    u32 newstate = args->newstate;
-    if (oldstate >= NSTATES || newstate >= NSTATES || !port_tracked(args->sport, args->dport))
+    u32 oldstate = c->oldstate, newstate = c->newstate;
+    if (oldstate >= NSTATES || newstate >= NSTATES || !port_tracked(sport, dport))
         return 0;
     u64 now = bpf_ktime_get_ns();
+    c->now = now;
 
-    u32 pair = oldstate * NSTATES + newstate;
-    u64 *count = transitions.lookup(&pair);
-    if (count)
-        (*count)++;
+    u64 key = (u64)c->sk;
+    struct entered *entry = socket_states.lookup(&key);
+    u32 slot = entry ? entry->slot : netns_slot(sock_netns(c->sk));
+    c->slot = slot;
+    struct netns_stats *stats = stats_of(slot);
+    u64 pair = oldstate * NSTATES + newstate;
+    forget_bounds(pair);
+    if (stats && pair < NSTATES * NSTATES)
+        stats->transitions[pair]++;
 
-    u64 dwell_ns = 0;
     if (oldstate != newstate) {   /* a self-transition keeps the clock running */
-        u64 sk = (u64)args->skaddr;
-        struct entered *entry = socket_states.lookup(&sk);
         if (entry && entry->state == oldstate) {
-            dwell_ns = now - entry->ns;
-            observe(oldstate, dwell_ns);
+            c->dwell_ns = now - entry->ns;
+            observe(stats, oldstate, c->dwell_ns);
         } else if (oldstate != TCP_CLOSE && oldstate != TCP_LISTEN) {
             bump(C_UNKNOWN_SOCKET);   /* a new child's first event is LISTEN -> SYN_RECV */
         }
         if (newstate == TCP_CLOSE) {
             if (entry)
-                socket_states.delete(&sk);
+                socket_states.delete(&key);
         } else if (entry) {           /* in place: cheaper than replacing the element */
             entry->ns = now;
             entry->state = newstate;
         } else {
-            struct entered fresh = {.ns = now, .state = newstate};
-            socket_states.update(&sk, &fresh);
+            struct entered fresh = {.ns = now, .state = newstate, .slot = slot};
+            socket_states.update(&key, &fresh);
         }
     }
 
-    /* The 4-tuple is built only for the few transitions that need it. */
-    int close_wait_edge = (newstate == TCP_CLOSE_WAIT) != (oldstate == TCP_CLOSE_WAIT);
+    c->close_wait_edge = (newstate == TCP_CLOSE_WAIT) != (oldstate == TCP_CLOSE_WAIT);
 #ifdef TRACK_TIME_WAIT
-    int tw_edge = (newstate == TCP_CLOSE &&
-                   (oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING || oldstate == TCP_FIN_WAIT1)) ||
-                  (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) ||
-                  (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) ||
-                  (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV);
-#else
-    int tw_edge = 0;
+    c->tw_edge = (newstate == TCP_CLOSE &&
+                  (oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING || oldstate == TCP_FIN_WAIT1)) ||
+                 (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) ||
+                 (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) ||
+                 (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV);
 #endif
 #ifdef EMIT_EVENTS
-    int want_tuple = 1;
+    return 1;
 #else
-    int want_tuple = close_wait_edge || tw_edge;
+    return c->close_wait_edge || c->tw_edge;
 #endif
-    if (!want_tuple)
+}
+
+/* Whether on_identity needs the 4-tuple: tp_btf keys CLOSE_WAIT by cookie instead. */
+static __always_inline int needs_tuple(const struct change *c)
+{
+#if defined(ATTACH_TP_BTF) && !defined(EMIT_EVENTS)
+    return c->tw_edge;
+#else
+    return 1;
+#endif
+}
+
+/* The rare part of a change: CLOSE_WAIT entry times, TIME_WAIT pairing, trace events. */
+static __always_inline void on_identity(void *ctx, const struct change *c, struct tuple *t)
+{
+    u32 oldstate = c->oldstate, newstate = c->newstate;
+    t->netns = sock_netns(c->sk);
+#ifdef ATTACH_TP_BTF
+    u64 cookie = socket_cookie(c->sk);
+    close_wait_key cw_key = cookie;
+#else
+    u64 cookie = 0;
+    close_wait_key cw_key = *t;
+#endif
+    if (c->close_wait_edge) {
+        if (newstate == TCP_CLOSE_WAIT) {
+            struct close_wait_value value = {.ns = c->now, .netns = t->netns};
+            close_wait_entered.update(&cw_key, &value);
+        } else {
+            close_wait_entered.delete(&cw_key);
+        }
+    }
+#ifdef TRACK_TIME_WAIT
+    if (c->tw_edge) {
+        if (newstate == TCP_CLOSE)
+            tw_pair(t, c->now, c->slot);
+        else
+            tw_reused(t, c->now);
+    }
+#endif
+#ifdef EMIT_EVENTS
+    struct event ev = {.ts_ns = c->now, .dwell_ns = c->dwell_ns, .cookie = cookie, .tuple = *t,
+                       .oldstate = oldstate, .newstate = newstate};
+    events.perf_submit(ctx, &ev, sizeof(ev));
+#endif
+}
+
+#ifdef ATTACH_TP_BTF
+/*
+ * tp_btf entry points. ctx holds the tracepoint's arguments as u64s, after the hidden
+ * first one: see the btf_trace_<name> typedefs. Names have no bcc auto-attach prefix: user
+ * space loads and attaches them itself.
+ */
+/* The local port as the classic tracepoint reports it: inet_sport, because a closing socket's
+ * skc_num is already 0 (inet_put_port). inet_sport lies in struct inet_sock, past the struct
+ * sock the verifier types sk as, so it is copied with bpf_probe_read_kernel. */
+static __always_inline u16 sk_local_port(const void *sk)
+{
+    u16 port = 0;
+    bpf_probe_read_kernel(&port, sizeof(port), (const void *)sk + OFF_INET_SPORT);
+    return ntohs(port);
+}
+
+int tp_btf_inet_sock_set_state(u64 *ctx)
+{
+    const void *sk = (const void *)ctx[0];
+    if (KREAD(u16, sk, OFF_SK_PROTOCOL) != IPPROTO_TCP)
+        return 0;
+    struct change c = {.sk = sk, .oldstate = (u32)ctx[1], .newstate = (u32)ctx[2]};
+#ifdef PORT_MIN   /* read the ports up front only when they filter */
+    u16 sport = sk_local_port(sk), dport = ntohs(KREAD(u16, sk, OFF_SKC_DPORT));
+#else
+    u16 sport = 0, dport = 0;
+#endif
+    if (!on_state(&c, sport, dport))
+        return 0;
+    struct tuple t = {};
+    if (needs_tuple(&c)) {
+        t.family = KREAD(u16, sk, OFF_SKC_FAMILY);
+        t.sport = sk_local_port(sk);
+        t.dport = ntohs(KREAD(u16, sk, OFF_SKC_DPORT));
+        if (t.family == AF_INET) {
+            *(u32 *)t.saddr = KREAD(u32, sk, OFF_SKC_RCV_SADDR);
+            *(u32 *)t.daddr = KREAD(u32, sk, OFF_SKC_DADDR);
+        } else {
+            ((u64 *)t.saddr)[0] = KREAD(u64, sk, OFF_SKC_V6_RCV_SADDR);
+            ((u64 *)t.saddr)[1] = KREAD(u64, sk, OFF_SKC_V6_RCV_SADDR + 8);
+            ((u64 *)t.daddr)[0] = KREAD(u64, sk, OFF_SKC_V6_DADDR);
+            ((u64 *)t.daddr)[1] = KREAD(u64, sk, OFF_SKC_V6_DADDR + 8);
+        }
+    }
+    on_identity(ctx, &c, &t);
+    return 0;
+}
+
+int tp_btf_tcp_retransmit_skb(u64 *ctx)
+{
+    count_in(netns_slot(sock_netns((const void *)ctx[0])), N_RETRANSMITS);
+    return 0;
+}
+
+/* A reset for a packet no socket wanted has no sk: its namespace is the receiving device's. */
+int tp_btf_tcp_send_reset(u64 *ctx)
+{
+    u32 netns = sock_netns((const void *)ctx[0]);
+    const void *skb = (const void *)ctx[1];
+    if (!netns && skb) {
+        const void *dev = KREAD(const void *, skb, OFF_SKB_DEV);
+        const void *net = dev ? KREAD(const void *, dev, OFF_DEV_ND_NET) : 0;
+        netns = net ? KREAD(u32, net, OFF_NS_INUM) : 0;
+    }
+    count_in(netns_slot(netns), N_RESETS_SENT);
+    return 0;
+}
+
+int tp_btf_tcp_receive_reset(u64 *ctx)
+{
+    count_in(netns_slot(sock_netns((const void *)ctx[0])), N_RESETS_RECEIVED);
+    return 0;
+}
+
+#ifdef TRACK_TIME_WAIT
+int tp_btf_timer_start(u64 *ctx)
+{
+    const void *timer = (const void *)ctx[0];
+    tw_timer_started((u64)timer, KREAD(u64, timer, OFF_TIMER_FUNCTION));
+    return 0;
+}
+
+int tp_btf_timer_expire_entry(u64 *ctx)
+{
+    const void *timer = (const void *)ctx[0];
+    tw_timer_expired((u64)timer, KREAD(u64, timer, OFF_TIMER_FUNCTION));
+    return 0;
+}
+#endif
+
+#else /* classic tracepoints: bcc attaches TRACEPOINT_PROBE functions itself */
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol != IPPROTO_TCP)
+        return 0;
+    struct change c = {.sk = args->skaddr, .oldstate = args->oldstate, .newstate = args->newstate};
+    if (!on_state(&c, args->sport, args->dport))
         return 0;
     struct tuple t = {.family = args->family, .sport = args->sport, .dport = args->dport};
     if (args->family == AF_INET) {
@@ -266,44 +563,47 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         __builtin_memcpy(t.saddr, args->saddr_v6, 16);
         __builtin_memcpy(t.daddr, args->daddr_v6, 16);
     }
-    if (close_wait_edge) {
-        if (newstate == TCP_CLOSE_WAIT)
-            close_wait_entered.update(&t, &now);
-        else
-            close_wait_entered.delete(&t);
-    }
-
-#ifdef TRACK_TIME_WAIT
-    if (tw_edge) {
-        if (newstate == TCP_CLOSE)
-            tw_pair(&t, now);
-        else
-            tw_reused(&t, now);
-    }
-#endif
-
-#ifdef EMIT_EVENTS
-    struct event ev = {.ts_ns = now, .dwell_ns = dwell_ns, .tuple = t,
-                       .oldstate = oldstate, .newstate = newstate};
-    events.perf_submit(args, &ev, sizeof(ev));
-#endif
+    on_identity(args, &c, &t);
     return 0;
 }
 
 TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 {
-    bump(C_RETRANSMITS);
+    count_in(netns_slot(sock_netns(args->skaddr)), N_RETRANSMITS);
     return 0;
 }
 
 TRACEPOINT_PROBE(tcp, tcp_send_reset)
 {
-    bump(C_RESETS_SENT);
+    u32 netns = sock_netns(args->skaddr);
+#ifdef OFF_SKB_DEV
+    if (!netns && args->skbaddr) {
+        const void *dev = KREAD(const void *, args->skbaddr, OFF_SKB_DEV);
+        const void *net = dev ? KREAD(const void *, dev, OFF_DEV_ND_NET) : 0;
+        netns = net ? KREAD(u32, net, OFF_NS_INUM) : 0;
+    }
+#endif
+    count_in(netns_slot(netns), N_RESETS_SENT);
     return 0;
 }
 
 TRACEPOINT_PROBE(tcp, tcp_receive_reset)
 {
-    bump(C_RESETS_RECEIVED);
+    count_in(netns_slot(sock_netns(args->skaddr)), N_RESETS_RECEIVED);
     return 0;
 }
+
+#ifdef TRACK_TIME_WAIT
+TRACEPOINT_PROBE(timer, timer_start)
+{
+    tw_timer_started((u64)args->timer, (u64)args->function);
+    return 0;
+}
+
+TRACEPOINT_PROBE(timer, timer_expire_entry)
+{
+    tw_timer_expired((u64)args->timer, (u64)args->function);
+    return 0;
+}
+#endif
+#endif /* ATTACH_TP_BTF */

@@ -1,45 +1,108 @@
 """TCP state transitions and time in state from the eBPF program in ``bpf/tcpstates.c``.
 
-The only module that imports bcc (the distribution's python3-bpfcc). The program is compiled
-at load time with settings passed as -D flags, then read at scrape time: per-CPU counters and
-log2 histograms are summed here, and nothing is read per event.
+The only module that imports bcc (the distribution's python3-bpfcc). bcc compiles the
+program and owns its maps. Settings and every kernel struct offset (from the running
+kernel's BTF, never from the installed headers) are passed as -D flags.
+
+Two attach modes:
+  tp_btf      BTF-typed raw tracepoints. bcc 0.26 cannot load these itself: it derives a
+              tracing program's attach type from its name prefix, and has none for tp_btf.
+              So bcc compiles them, and this module loads the instructions it compiled with
+              one bpf(BPF_PROG_LOAD) call (BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP, the BTF id
+              of the btf_trace_<tracepoint> typedef), then attaches them with libbcc's
+              bpf_attach_kfunc (a raw_tracepoint_open on the program).
+  tracepoint  the classic tracepoints, which bcc loads and attaches itself; the fallback.
+
+The maps are read at scrape time: per-CPU values are summed here, nothing is read per event.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import socket
+import struct
+from dataclasses import dataclass
 from importlib import resources
 
-from ..model import BpfReading
+from .. import histograms
+from ..model import BpfReading, NetnsActivity
+from . import btf
 
 log = logging.getLogger(__name__)
 
 NSTATES = 16
-SLOTS = 64
-COUNTERS = ("unknown_socket", "retransmits", "resets_sent", "resets_received", "unknown_time_wait")
+HIST_SLOTS = histograms.SLOTS
+COUNTERS = ("unknown_socket", "unknown_time_wait", "netns_full")
+NETNS_COUNTERS = ("retransmits", "resets_sent", "resets_received")
 TRACEFS = "/sys/kernel/tracing"
 TRACEPOINT = "sock/inet_sock_set_state"
+ATTACH_MODES = ("auto", "tp_btf", "tracepoint")
+DEFAULT_MAX_NETNS = 128
+
+# Each tp_btf function of tcpstates.c and its tracepoint; the timer hooks only with TIME_WAIT timing.
+TP_BTF_HOOKS = (("tp_btf_inet_sock_set_state", "inet_sock_set_state"),
+                ("tp_btf_tcp_retransmit_skb", "tcp_retransmit_skb"),
+                ("tp_btf_tcp_send_reset", "tcp_send_reset"),
+                ("tp_btf_tcp_receive_reset", "tcp_receive_reset"))
+TP_BTF_TIMER_HOOKS = (("tp_btf_timer_start", "timer_start"),
+                      ("tp_btf_timer_expire_entry", "timer_expire_entry"))
+
+# Every kernel field the program reads: -D name -> (struct, member path, the size each read
+# assumes). Offsets come from BTF; a kernel whose BTF gives another size is refused, not misread.
+FIELDS = {
+    "OFF_SK_PROTOCOL": ("sock", "sk_protocol", 2),
+    "OFF_SKC_FAMILY": ("sock", "__sk_common.skc_family", 2),
+    "OFF_INET_SPORT": ("inet_sock", "inet_sport", 2),
+    "OFF_SKC_DPORT": ("sock", "__sk_common.skc_dport", 2),
+    "OFF_SKC_RCV_SADDR": ("sock", "__sk_common.skc_rcv_saddr", 4),
+    "OFF_SKC_DADDR": ("sock", "__sk_common.skc_daddr", 4),
+    "OFF_SKC_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr", 16),
+    "OFF_SKC_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr", 16),
+    "OFF_SKC_NET": ("sock", "__sk_common.skc_net", 8),
+    "OFF_NS_INUM": ("net", "ns.inum", 4),
+    "OFF_SKB_DEV": ("sk_buff", "dev", 8),
+    "OFF_DEV_ND_NET": ("net_device", "nd_net", 8),
+    "OFF_TIMER_FUNCTION": ("timer_list", "function", 8),
+}
 
 
 class _Tuple(ctypes.Structure):
     """struct tuple of tcpstates.c."""
 
     _fields_ = [("family", ctypes.c_uint16), ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16),
-                ("pad", ctypes.c_uint16), ("saddr", ctypes.c_uint8 * 16), ("daddr", ctypes.c_uint8 * 16)]
+                ("pad", ctypes.c_uint16), ("netns", ctypes.c_uint32), ("pad2", ctypes.c_uint32),
+                ("saddr", ctypes.c_uint8 * 16), ("daddr", ctypes.c_uint8 * 16)]
 
 
 class TraceEvent(ctypes.Structure):
     """struct event of tcpstates.c (EMIT_EVENTS only)."""
 
-    _fields_ = [("ts_ns", ctypes.c_uint64), ("dwell_ns", ctypes.c_uint64), ("tuple", _Tuple),
-                ("oldstate", ctypes.c_uint32), ("newstate", ctypes.c_uint32)]
+    _fields_ = [("ts_ns", ctypes.c_uint64), ("dwell_ns", ctypes.c_uint64), ("cookie", ctypes.c_uint64),
+                ("tuple", _Tuple), ("oldstate", ctypes.c_uint32), ("newstate", ctypes.c_uint32)]
+
+
+# struct netns_stats of tcpstates.c, as u64 words.
+_STATS_WORDS = NSTATES * NSTATES + NSTATES * HIST_SLOTS + NSTATES + len(NETNS_COUNTERS)
 
 
 class BpfUnavailable(Exception):
     """The program cannot be loaded here; the message says why in one line."""
+
+
+class AttachModeUnavailable(BpfUnavailable):
+    """The attach mode the operator asked for cannot be used here (bad input: exit 2)."""
+
+
+@dataclass(frozen=True)
+class AttachChoice:
+    """The attach mode in use and why: ``reason`` is one word, for a label."""
+
+    mode: str      # tp_btf or tracepoint
+    reason: str    # requested, btf, no_btf, tp_btf_refused
+    detail: str = ""
 
 
 def program_text() -> str:
@@ -60,24 +123,48 @@ def kernel_symbol(name: str):
     return None
 
 
-def tuple_key(family: int, sport: int, dport: int, saddr: bytes, daddr: bytes) -> tuple:
-    """The join key between the program's CLOSE_WAIT map and inet_diag's sockets."""
-    return (family, sport, dport, bytes(saddr), bytes(daddr))
+def tuple_key(netns: int, family: int, sport: int, dport: int, saddr: bytes, daddr: bytes) -> tuple:
+    """The tracepoint-mode join key between the CLOSE_WAIT map and inet_diag's sockets."""
+    return (netns, family, sport, dport, bytes(saddr), bytes(daddr))
+
+
+def kernel_layout(btf_path: str = btf.VMLINUX, hooks=TP_BTF_HOOKS + TP_BTF_TIMER_HOOKS):
+    """(-D offsets, {tracepoint: BTF id of btf_trace_<tracepoint>}) from the kernel's BTF.
+    Raises btf.BtfError when the BTF is missing or does not describe what the program reads."""
+    types = btf.Btf.load(btf_path)
+    offsets = {}
+    for name, (struct_name, path, expected) in FIELDS.items():
+        offset, size = types.offset(struct_name, path)
+        if size != expected:
+            raise btf.BtfError(f"struct {struct_name}.{path} is {size} bytes here, not {expected}")
+        offsets[name] = offset
+    ids = {tracepoint: types.type_id(btf.TYPEDEF, f"btf_trace_{tracepoint}") for _fn, tracepoint in hooks}
+    return offsets, ids
 
 
 class BpfProgram:
     """The loaded program. ``close()`` detaches everything; call it, atexit does not run on signals."""
 
     def __init__(self, max_sockets: int = 65536, port_range=None, track_time_wait: bool = True,
-                 emit_events: bool = False):
-        check_prerequisites()
+                 emit_events: bool = False, attach: str = "auto", max_netns: int = DEFAULT_MAX_NETNS,
+                 btf_path: str = btf.VMLINUX):
+        self.bpf = None
+        self._links: list = []
+        self._prog_fds: list = []
+        if attach not in ATTACH_MODES:
+            raise AttachModeUnavailable(f"unknown attach mode {attach!r}: want one of {', '.join(ATTACH_MODES)}")
+        check_capabilities()
         try:
-            from bcc import BPF
+            from bcc import BPF  # noqa: F401
         except ImportError as exc:
             raise BpfUnavailable(f"bcc is not importable ({exc}); install python3-bpfcc") from None
         if not 1 <= max_sockets <= 1 << 24:
             raise BpfUnavailable(f"--collector.bpf.max-sockets {max_sockets} is outside 1..16777216")
-        cflags = [f"-DMAX_SOCKETS={max_sockets}", "-Wno-macro-redefined"]
+        if not 2 <= max_netns <= 1 << 16:
+            raise BpfUnavailable(f"--collector.bpf.max-netns {max_netns} is outside 2..65536")
+        self.max_netns = max_netns
+        cflags = [f"-DMAX_SOCKETS={max_sockets}", f"-DMAX_NETNS={max_netns}", "-Wno-macro-redefined",
+                  f"-DHIST_FIRST={histograms.FIRST_SLOT}", f"-DHIST_LAST={histograms.LAST_SLOT}"]
         if port_range:
             cflags += [f"-DPORT_MIN={port_range[0]}", f"-DPORT_MAX={port_range[1]}"]
         self.time_wait_tracked = False
@@ -91,6 +178,43 @@ class BpfProgram:
                             "address (tcpwatch needs CAP_SYSLOG to read it)")
         if emit_events:
             cflags.append("-DEMIT_EVENTS")
+        hooks = TP_BTF_HOOKS + (TP_BTF_TIMER_HOOKS if self.time_wait_tracked else ())
+
+        offsets, ids, layout_error = {}, {}, ""
+        try:
+            offsets, ids = kernel_layout(btf_path, hooks)
+        except btf.BtfError as exc:
+            layout_error = str(exc)
+        if attach == "tracepoint":
+            self.attach = AttachChoice("tracepoint", "requested")
+        elif layout_error:
+            if attach == "tp_btf":
+                raise AttachModeUnavailable(f"--collector.bpf.attach tp_btf: {layout_error}")
+            self.attach = AttachChoice("tracepoint", "no_btf", layout_error)
+        else:
+            self.attach = AttachChoice("tp_btf", "requested" if attach == "tp_btf" else "btf")
+        if self.attach.mode == "tp_btf":
+            try:
+                self._load(cflags + ["-DATTACH_TP_BTF"], offsets, ids, hooks)
+            except BpfUnavailable as exc:
+                self.close()
+                if attach == "tp_btf":
+                    raise AttachModeUnavailable(f"--collector.bpf.attach tp_btf: {exc}") from None
+                self.attach = AttachChoice("tracepoint", "tp_btf_refused", str(exc))
+        if self.attach.mode == "tracepoint":
+            check_tracefs()
+            self._load(cflags, offsets, {}, ())
+        if self.attach.detail:
+            log.warning("ebpf: tp_btf not used, attached to the classic tracepoints",
+                        extra={"reason": self.attach.detail})
+        self.netns_known = bool(offsets)
+        self._release_compiler_memory()
+
+    def _load(self, cflags: list, offsets: dict, ids: dict, hooks) -> None:
+        """Compile with bcc; in tp_btf mode also load and attach each hook ourselves."""
+        from bcc import BPF
+
+        cflags = cflags + [f"-D{name}={value}" for name, value in offsets.items()]
         devnull = os.open(os.devnull, os.O_WRONLY)
         saved = os.dup(2)
         try:
@@ -102,29 +226,67 @@ class BpfProgram:
             os.dup2(saved, 2)
             os.close(saved)
             os.close(devnull)
-        self._tables = {name: self.bpf[name] for name in
-                        ("transitions", "duration_slots", "duration_sum_ns", "counters", "close_wait_entered")}
+        for function, tracepoint in hooks:
+            prog_fd = _load_tp_btf(self.bpf.dump_func(function.encode()), function, ids[tracepoint])
+            self._prog_fds.append(prog_fd)
+            from bcc.libbcc import lib
+
+            link = lib.bpf_attach_kfunc(prog_fd)
+            if link < 0:
+                raise BpfUnavailable(f"cannot attach {function} to tracepoint {tracepoint}: "
+                                     f"{os.strerror(ctypes.get_errno() or -link)}")
+            self._links.append(link)
+        free = self.bpf["free_slots"]
+        for slot in range(1, self.max_netns):
+            free.push(ctypes.c_uint32(slot))
+        self._stats_fd = self.bpf["netns_stats"].map_fd
+        self._slots = self.bpf["netns_slots"]
+        self._counters = self.bpf["counters"]
+        self._close_wait = self.bpf["close_wait_entered"]
+        from bcc.utils import get_possible_cpus
+
+        self._ncpus = len(get_possible_cpus())
+
+    @staticmethod
+    def _release_compiler_memory() -> None:
+        """LLVM leaves tens of MB of freed heap behind after compiling; give it back."""
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
     def read(self) -> BpfReading:
         if self.bpf is None:   # never read map fds that were closed: they may be reused
             raise BpfUnavailable("the eBPF program is detached")
-        reading = BpfReading()
-        transitions = _sum_per_cpu(self._tables["transitions"], NSTATES * NSTATES)
-        for index, count in enumerate(transitions):
-            if count:
-                reading.transitions[divmod(index, NSTATES)] = count
-        slots = _sum_per_cpu(self._tables["duration_slots"], NSTATES * SLOTS)
-        sums = _sum_per_cpu(self._tables["duration_sum_ns"], NSTATES)
-        for state in range(NSTATES):
-            row = slots[state * SLOTS:(state + 1) * SLOTS]
-            reading.duration_slots[state] = row
-            reading.duration_sum_ns[state] = sums[state]
-        reading.counters = dict(zip(COUNTERS, _sum_per_cpu(self._tables["counters"], len(COUNTERS))))
-        for key, value in self._tables["close_wait_entered"].items():
-            length = 4 if key.family == socket.AF_INET else 16
-            reading.close_wait_entered_ns[tuple_key(
-                key.family, key.sport, key.dport, bytes(key.saddr)[:length], bytes(key.daddr)[:length])] = value.value
+        reading = BpfReading(attach_mode=self.attach.mode, attach_reason=self.attach.reason,
+                             close_wait_by_cookie=self.attach.mode == "tp_btf")
+        slots = {0: 0}
+        slots.update((slot.value, inode.value) for inode, slot in self._slots.items())
+        for slot, inode in slots.items():
+            words = self._sum_stats(slot)
+            if any(words):
+                reading.netns[inode] = _activity(words)
+        reading.counters = dict(zip(COUNTERS, _sum_per_cpu(self._counters, len(COUNTERS))))
+        reading.counters["netns_tracked"] = len(slots) - 1
+        for key, value in self._close_wait.items():
+            if reading.close_wait_by_cookie:
+                reading.close_wait_entered_ns[key.value] = value.ns
+            else:
+                length = 4 if key.family == socket.AF_INET else 16
+                reading.close_wait_entered_ns[tuple_key(
+                    key.netns, key.family, key.sport, key.dport, bytes(key.saddr)[:length],
+                    bytes(key.daddr)[:length])] = value.ns
         return reading
+
+    def _sum_stats(self, slot: int) -> list:
+        """One namespace slot of netns_stats, summed over CPUs, as u64 words."""
+        from bcc.libbcc import lib
+
+        buffer = (ctypes.c_uint64 * (_STATS_WORDS * self._ncpus))()
+        key = ctypes.c_uint32(slot)
+        if lib.bpf_lookup_elem(self._stats_fd, ctypes.byref(key), buffer) < 0:
+            raise BpfUnavailable(f"cannot read netns_stats[{slot}]: {os.strerror(ctypes.get_errno())}")
+        return [sum(buffer[i::_STATS_WORDS]) for i in range(_STATS_WORDS)]
 
     def poll_events(self, callback, timeout_ms: int = 200) -> None:
         """For ``tcpwatch trace`` only: per-event output through the perf buffer."""
@@ -137,10 +299,75 @@ class BpfProgram:
         self.bpf.perf_buffer_poll(timeout=timeout_ms)
 
     def close(self) -> None:
-        bpf = getattr(self, "bpf", None)
+        for fd in self._links + self._prog_fds:   # links first: closing one detaches its program
+            os.close(fd)
+        self._links, self._prog_fds = [], []
+        bpf = self.bpf
         if bpf is not None:
             bpf.cleanup()
             self.bpf = None
+
+
+def _activity(words: list) -> NetnsActivity:
+    """A NetnsActivity from the u64 words of one struct netns_stats."""
+    activity = NetnsActivity()
+    transitions = words[:NSTATES * NSTATES]
+    for index, count in enumerate(transitions):
+        if count:
+            activity.transitions[divmod(index, NSTATES)] = count
+    at = NSTATES * NSTATES
+    for state in range(NSTATES):
+        row = words[at + state * HIST_SLOTS:at + (state + 1) * HIST_SLOTS]
+        if any(row):
+            activity.duration_slots[state] = row
+    at += NSTATES * HIST_SLOTS
+    for state, total in enumerate(words[at:at + NSTATES]):
+        if total:
+            activity.duration_sum_ns[state] = total
+    at += NSTATES
+    activity.counters.update({name: count for name, count in zip(NETNS_COUNTERS, words[at:]) if count})
+    return activity
+
+
+# bpf(2) for the one call bcc cannot make for us: loading a tp_btf program.
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
+_BPF_PROG_LOAD = 5
+_BPF_PROG_TYPE_TRACING = 26
+_BPF_TRACE_RAW_TP = 23
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _load_tp_btf(instructions: bytes, name: str, btf_id: int) -> int:
+    """Load compiled instructions as a tp_btf program; its fd, or BpfUnavailable with the
+    verifier's last words."""
+    code = ctypes.create_string_buffer(instructions, len(instructions))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    attr = ctypes.create_string_buffer(128)   # union bpf_attr, BPF_PROG_LOAD part (Linux 5.5+)
+
+    def attempt(log_buffer=None) -> int:
+        struct.pack_into("IIQQ", attr, 0, _BPF_PROG_TYPE_TRACING, len(instructions) // 8,
+                         ctypes.addressof(code), ctypes.addressof(license_))
+        if log_buffer is not None:
+            struct.pack_into("IIQ", attr, 24, 1, len(log_buffer), ctypes.addressof(log_buffer))
+        attr[48:64] = name[:15].encode().ljust(16, b"\0")       # prog_name, for bpftool
+        struct.pack_into("I", attr, 68, _BPF_TRACE_RAW_TP)       # expected_attach_type
+        struct.pack_into("I", attr, 108, btf_id)                 # attach_btf_id
+        return _libc.syscall(_SYS_BPF, _BPF_PROG_LOAD, attr, len(attr))
+
+    fd = attempt()
+    if fd >= 0:
+        return fd
+    error = ctypes.get_errno()
+    if error == errno.EPERM:   # no privilege; EACCES and EINVAL come with a verifier log
+        raise BpfUnavailable(f"the kernel refused to load {name} as tp_btf: {os.strerror(error)}")
+    verifier = ctypes.create_string_buffer(1 << 20)
+    retry = attempt(verifier)
+    if retry >= 0:
+        return retry
+    lines = [line for line in verifier.value.decode(errors="replace").splitlines() if line.strip()]
+    log.debug("verifier log", extra={"program": name, "log": "\n".join(lines[-60:])})
+    last = next((line for line in reversed(lines) if "processed" not in line), os.strerror(error))
+    raise BpfUnavailable(f"the verifier refused {name} as tp_btf: {last.strip()}")
 
 
 def _sum_per_cpu(table, size: int) -> list:
@@ -181,12 +408,16 @@ def missing_capabilities(effective: int) -> list:
     return [name for bit, name in ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")) if not effective >> bit & 1]
 
 
-def check_prerequisites() -> None:
+def check_capabilities() -> None:
     """Fail early, with the reason, on what bcc would report obscurely."""
     missing = missing_capabilities(effective_capabilities())
     if missing:
         raise BpfUnavailable(f"not allowed to load eBPF programs: missing {' and '.join(missing)} "
                              "(needs root, or CAP_BPF and CAP_PERFMON)")
+
+
+def check_tracefs() -> None:
+    """The classic tracepoints need tracefs (tp_btf does not)."""
     try:
         os.listdir(TRACEFS)
     except PermissionError:
@@ -199,4 +430,3 @@ def check_prerequisites() -> None:
         if not os.path.ismount(TRACEFS):
             raise BpfUnavailable(f"tracefs is not mounted on {TRACEFS} (mount -t tracefs tracefs {TRACEFS})")
         raise BpfUnavailable(f"the tracepoint {TRACEPOINT} does not exist (Linux 4.16 or later needed)")
-

@@ -11,6 +11,7 @@ always adds, which are skipped by length.
 from __future__ import annotations
 
 import itertools
+import os
 from errno import errorcode as errno_names
 import socket
 import struct
@@ -64,13 +65,21 @@ def _request(family: int, sequence: int) -> bytes:
     return bytes(req.data)
 
 
+def _netns_inode() -> int:
+    """The network namespace this thread's netlink socket dumps (0 if it cannot be read)."""
+    try:
+        return os.stat("/proc/thread-self/ns/net").st_ino
+    except OSError:
+        return 0
+
+
 def dump(want_owners: bool = True) -> DiagSnapshot:
     """Dump every TCP socket of this network namespace, IPv4 then IPv6.
 
     ``want_owners`` keeps the inode of each socket so that processes can be matched to it;
     without it the dump keeps only counts, listeners and CLOSE_WAIT sockets.
     """
-    snap = DiagSnapshot()
+    snap = DiagSnapshot(netns_inode=_netns_inode())
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as sock:
         sock.bind((0, 0))
         for family, label in _FAMILIES:
