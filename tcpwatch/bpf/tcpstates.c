@@ -76,8 +76,8 @@ enum tcpwatch_sk_rst_reason { TCPWATCH_SK_RST_REASON_UNREAD = 0 };
 #endif
 
 #define NSTATES 16          /* kernel TCP states fit in 4 bits (TCP_MAX_STATES = 14) */
-/* Histogram slots: slot 0 holds stays up to 2^HIST_FIRST ns, slot j stays in
- * (2^(HIST_FIRST+j-1), 2^(HIST_FIRST+j)] ns, the last slot stays over 2^HIST_LAST ns. Only these
+/* Histogram slots: slot 0 holds stays under 2^HIST_FIRST ns, slot j stays in
+ * [2^(HIST_FIRST+j-1), 2^(HIST_FIRST+j)) ns, the last slot stays of 2^HIST_LAST ns or more. Only these
  * bounds are exported (tcpwatch/histograms.py passes them), so no memory goes to the rest. */
 #ifndef HIST_FIRST
 #define HIST_FIRST 10

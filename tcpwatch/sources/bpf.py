@@ -219,7 +219,7 @@ class BpfProgram:
         saved = os.dup(2)
         try:
             os.dup2(devnull, 2)   # clang's and libbpf's chatter; the exception says what failed
-            self.bpf = BPF(text=program_text(), cflags=cflags)
+            self.bpf = BPF(text=program_text().encode(), cflags=cflags)
         except Exception as exc:
             raise BpfUnavailable(_why(exc)) from None
         finally:
@@ -236,13 +236,13 @@ class BpfProgram:
                 raise BpfUnavailable(f"cannot attach {function} to tracepoint {tracepoint}: "
                                      f"{os.strerror(ctypes.get_errno() or -link)}")
             self._links.append(link)
-        free = self.bpf["free_slots"]
+        free = self.bpf[b"free_slots"]
         for slot in range(1, self.max_netns):
             free.push(ctypes.c_uint32(slot))
-        self._stats_fd = self.bpf["netns_stats"].map_fd
-        self._slots = self.bpf["netns_slots"]
-        self._counters = self.bpf["counters"]
-        self._close_wait = self.bpf["close_wait_entered"]
+        self._stats_fd = self.bpf[b"netns_stats"].map_fd
+        self._slots = self.bpf[b"netns_slots"]
+        self._counters = self.bpf[b"counters"]
+        self._close_wait = self.bpf[b"close_wait_entered"]
         from bcc.utils import get_possible_cpus
 
         self._ncpus = len(get_possible_cpus())
@@ -294,7 +294,7 @@ class BpfProgram:
             def decode(cpu, data, size):
                 callback(ctypes.cast(data, ctypes.POINTER(TraceEvent)).contents)
 
-            self.bpf["events"].open_perf_buffer(decode)
+            self.bpf[b"events"].open_perf_buffer(decode)
             self._events_open = True
         self.bpf.perf_buffer_poll(timeout=timeout_ms)
 
