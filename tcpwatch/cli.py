@@ -40,6 +40,11 @@ def main(argv=None) -> int:
 
 
 def run(settings) -> int:
+    # First, before the slow imports: a SIGTERM during start-up then ends us cleanly, exit 0.
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)   # until there is something to reload
     from prometheus_client import CollectorRegistry
     from prometheus_client.process_collector import ProcessCollector
 
@@ -49,10 +54,6 @@ def run(settings) -> int:
 
     logs.configure(settings.log_level, settings.log_format)
     _name_process("tcpwatch")
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)   # until there is something to reload
 
     web = webconfig.load(settings.web_config_file) if settings.web_config_file else None
     try:

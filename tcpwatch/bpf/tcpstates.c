@@ -40,19 +40,20 @@
  *   as idiag_cookie: exact across namespaces and 4-tuple reuse. tracepoint mode cannot make
  *   a cookie and keys it by 4-tuple and namespace.
  *
- *   TIME_WAIT: timewait sockets are not full sockets. The tracepoint shows FIN_WAIT2 -> CLOSE
- *   (or CLOSING/FIN_WAIT1 -> CLOSE) when tcp_time_wait() replaces the socket, and nothing
- *   when the timewait socket dies. With TRACK_TIME_WAIT defined, timer hooks fill the gap:
- *     - tcp_time_wait() arms the timewait timer (timer_start with function ==
- *       tw_timer_handler) right before tcp_done() fires ... -> CLOSE on the same CPU. A
- *       per-CPU stash pairs the two, linking the timer to the 4-tuple.
- *     - timer_expire_entry of that timer is a normal death after 2MSL.
- *     - A new connection on the same 4-tuple (CLOSE -> SYN_SENT, SYN_SENT -> ESTABLISHED,
- *       LISTEN -> SYN_RECV) is an early death by reuse. It is seen up to one RTT late when
- *       connect() picked the port itself.
- *   Limits: a timewait socket killed by an RST is never seen to die, so its entry ages out of
- *   the LRU. A timewait socket that stands in for an orphaned FIN_WAIT2 socket (substate
- *   fin_wait2) is timed as time_wait too.
+ *   TIME_WAIT: timewait sockets are not full sockets. The state tracepoint shows FIN_WAIT2 ->
+ *   CLOSE (or CLOSING/FIN_WAIT1 -> CLOSE) when tcp_time_wait() replaces the socket, and nothing
+ *   when the timewait socket dies. With TRACK_TIME_WAIT defined, the timewait socket's own
+ *   timer (tw_timer, whose callback is tw_timer_handler) tells its whole life, keyed by the
+ *   timer's address, with no 4-tuple:
+ *     - timer_start: tcp_time_wait() arms it; the socket enters TIME_WAIT (a timewait socket
+ *       standing in for an orphaned FIN_WAIT2 socket, substate FIN_WAIT2, is not timed).
+ *     - timer_expire_entry: the normal death after 2MSL.
+ *     - timer_cancel: an early death (reuse of its 4-tuple, or an RST), unless the same timer
+ *       is started again at once on the same CPU: mod_timer() cancels and starts under the
+ *       timer base's lock, so that pair is a reschedule (the peer's FIN came again). A cancel
+ *       is therefore settled at the next timer event on its CPU.
+ *   The timer hooks run for every kernel timer; for all but timewait timers they compare one
+ *   pointer and return.
  */
 
 #include <uapi/linux/in.h>
@@ -270,73 +271,108 @@ static __always_inline int port_tracked(u16 sport, u16 dport)
 }
 
 #ifdef TRACK_TIME_WAIT
-struct tw_entry {
-    u64 ns;                   /* when the timewait socket was created */
-    u64 timer;                /* address of its tw_timer */
+#define TCP_TIME_WAIT_SUBSTATE 6
+
+struct tw_entered {
+    u64 ns;                   /* when the timewait socket entered TIME_WAIT */
     u32 slot;                 /* its namespace's slot */
     u32 pad;
 };
-struct tw_armed {
-    u64 timer;
-    u64 ns;
+struct tw_cancel {
+    u64 timer;                /* a timewait timer cancelled just now on this CPU; 0: none */
+    u64 lifetime_ns;
+    u32 slot;
+    u32 pad;
 };
-BPF_TABLE("lru_hash", struct tuple, struct tw_entry, tw_by_tuple, MAX_SOCKETS);
-BPF_TABLE("lru_hash", u64, struct tuple, tw_by_timer, MAX_SOCKETS);
-BPF_PERCPU_ARRAY(tw_last_armed, struct tw_armed, 1);
+BPF_TABLE("lru_hash", u64, struct tw_entered, tw_sockets, MAX_SOCKETS);
+BPF_PERCPU_ARRAY(tw_cancelled, struct tw_cancel, 1);
 
-/* A timewait timer armed on this CPU just now belongs to the socket going -> CLOSE now. */
-static __always_inline void tw_pair(struct tuple *t, u64 now, u32 slot)
+/* Fields of the timewait socket that holds a tw_timer. The timer pointer is typed in tp_btf,
+ * but the socket lies before it, where typed reads cannot go: copy. */
+static __always_inline u8 tw_substate(u64 timer)
 {
-    u32 zero = 0;
-    struct tw_armed *armed = tw_last_armed.lookup(&zero);
-    if (!armed || !armed->timer || now - armed->ns > TW_PAIR_WINDOW_NS)
-        return;
-    struct tw_entry entry = {.ns = armed->ns, .timer = armed->timer, .slot = slot};
-    tw_by_tuple.update(t, &entry);
-    tw_by_timer.update(&entry.timer, t);
-    armed->timer = 0;
+    u8 substate = 0;
+    bpf_probe_read_kernel(&substate, 1, (const void *)(timer - OFF_TW_TIMER + OFF_TW_SUBSTATE));
+    return substate;
 }
 
-/* A new connection on a 4-tuple that a timewait socket held: that socket was reused early. */
-static __always_inline void tw_reused(struct tuple *t, u64 now)
+static __always_inline u32 tw_netns(u64 timer)
 {
-    struct tw_entry *entry = tw_by_tuple.lookup(t);
-    if (!entry)
+    const void *net = 0;
+    u32 inum = 0;
+    bpf_probe_read_kernel(&net, sizeof(net), (const void *)(timer - OFF_TW_TIMER + OFF_SKC_NET));
+    if (net)
+        bpf_probe_read_kernel(&inum, sizeof(inum), net + OFF_NS_INUM);
+    return inum;
+}
+
+/* Settles a cancel left on this CPU: a death, unless `started` is that same timer (a
+ * reschedule: the socket stays in TIME_WAIT and keeps its entry time). */
+static __always_inline void tw_settle(u64 started)
+{
+    u32 zero = 0;
+    struct tw_cancel *cancelled = tw_cancelled.lookup(&zero);
+    if (!cancelled || !cancelled->timer)
         return;
-    observe(stats_of(entry->slot), TCP_TIME_WAIT, now - entry->ns);
-    u64 timer = entry->timer;
-    tw_by_timer.delete(&timer);
-    tw_by_tuple.delete(t);
+    u64 timer = cancelled->timer;
+    cancelled->timer = 0;
+    if (timer == started)
+        return;
+    observe(stats_of(cancelled->slot), TCP_TIME_WAIT, cancelled->lifetime_ns);
+    tw_sockets.delete(&timer);
+}
+
+/* --collector.bpf.ports applies to timewait sockets too: their ports are in sock_common. */
+static __always_inline int tw_port_tracked(u64 timer)
+{
+#ifdef PORT_MIN
+    u16 sport = 0, dport = 0;
+    bpf_probe_read_kernel(&sport, sizeof(sport), (const void *)(timer - OFF_TW_TIMER + OFF_SKC_NUM));
+    bpf_probe_read_kernel(&dport, sizeof(dport), (const void *)(timer - OFF_TW_TIMER + OFF_SKC_DPORT));
+    return port_tracked(sport, ntohs(dport));
+#else
+    return 1;
+#endif
 }
 
 static __always_inline void tw_timer_started(u64 timer, u64 function)
 {
+    tw_settle(timer);
+    if (function != TW_TIMER_HANDLER || tw_substate(timer) != TCP_TIME_WAIT_SUBSTATE ||
+        !tw_port_tracked(timer))
+        return;
+    struct tw_entered entry = {.ns = bpf_ktime_get_ns(), .slot = netns_slot(tw_netns(timer))};
+    tw_sockets.insert(&timer, &entry);   /* a reschedule keeps the first entry time */
+}
+
+static __always_inline void tw_timer_cancelled(u64 timer, u64 function)
+{
+    tw_settle(0);
     if (function != TW_TIMER_HANDLER)
         return;
+    struct tw_entered *entry = tw_sockets.lookup(&timer);
     u32 zero = 0;
-    struct tw_armed *armed = tw_last_armed.lookup(&zero);
-    if (armed) {
-        armed->timer = timer;
-        armed->ns = bpf_ktime_get_ns();
-    }
+    struct tw_cancel *cancelled = tw_cancelled.lookup(&zero);
+    if (!entry || !cancelled)
+        return;
+    cancelled->timer = timer;
+    cancelled->lifetime_ns = bpf_ktime_get_ns() - entry->ns;
+    cancelled->slot = entry->slot;
 }
 
 static __always_inline void tw_timer_expired(u64 timer, u64 function)
 {
-    if (function != TW_TIMER_HANDLER)
+    tw_settle(0);
+    if (function != TW_TIMER_HANDLER || tw_substate(timer) != TCP_TIME_WAIT_SUBSTATE ||
+        !tw_port_tracked(timer))
         return;
-    struct tuple *t = tw_by_timer.lookup(&timer);
-    if (!t) {
+    struct tw_entered *entry = tw_sockets.lookup(&timer);
+    if (!entry) {
         bump(C_TW_UNKNOWN);
         return;
     }
-    struct tuple key = *t;
-    struct tw_entry *entry = tw_by_tuple.lookup(&key);
-    if (entry && entry->timer == timer) {
-        observe(stats_of(entry->slot), TCP_TIME_WAIT, bpf_ktime_get_ns() - entry->ns);
-        tw_by_tuple.delete(&key);
-    }
-    tw_by_timer.delete(&timer);
+    observe(stats_of(entry->slot), TCP_TIME_WAIT, bpf_ktime_get_ns() - entry->ns);
+    tw_sockets.delete(&timer);
 }
 #endif /* TRACK_TIME_WAIT */
 
@@ -354,11 +390,11 @@ struct change {
     u64 dwell_ns;             /* time in oldstate, 0 when unknown */
     u32 slot;
     u8 close_wait_edge;       /* enters or leaves CLOSE_WAIT */
-    u8 tw_edge;               /* creates a timewait socket, or may reuse one's 4-tuple */
 };
 
 /* Counts and times the change. Returns 1 when the change also needs the socket's identity
- * (its 4-tuple, cookie, namespace): the caller then fills the tuple and calls on_identity. */
+ * (its 4-tuple, cookie, namespace): entering or leaving CLOSE_WAIT, or any change when
+ * tracing. The caller then fills the tuple and calls on_identity. */
 static __always_inline int on_state(struct change *c, u16 sport, u16 dport)
 {
     u32 oldstate = c->oldstate, newstate = c->newstate;
@@ -397,31 +433,24 @@ static __always_inline int on_state(struct change *c, u16 sport, u16 dport)
     }
 
     c->close_wait_edge = (newstate == TCP_CLOSE_WAIT) != (oldstate == TCP_CLOSE_WAIT);
-#ifdef TRACK_TIME_WAIT
-    c->tw_edge = (newstate == TCP_CLOSE &&
-                  (oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING || oldstate == TCP_FIN_WAIT1)) ||
-                 (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) ||
-                 (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) ||
-                 (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV);
-#endif
 #ifdef EMIT_EVENTS
     return 1;
 #else
-    return c->close_wait_edge || c->tw_edge;
+    return c->close_wait_edge;
 #endif
 }
 
 /* Whether on_identity needs the 4-tuple: tp_btf keys CLOSE_WAIT by cookie instead. */
-static __always_inline int needs_tuple(const struct change *c)
+static __always_inline int needs_tuple(void)
 {
 #if defined(ATTACH_TP_BTF) && !defined(EMIT_EVENTS)
-    return c->tw_edge;
+    return 0;
 #else
     return 1;
 #endif
 }
 
-/* The rare part of a change: CLOSE_WAIT entry times, TIME_WAIT pairing, trace events. */
+/* The rare part of a change: CLOSE_WAIT entry times, trace events. */
 static __always_inline void on_identity(void *ctx, const struct change *c, struct tuple *t)
 {
     u32 oldstate = c->oldstate, newstate = c->newstate;
@@ -441,14 +470,6 @@ static __always_inline void on_identity(void *ctx, const struct change *c, struc
             close_wait_entered.delete(&cw_key);
         }
     }
-#ifdef TRACK_TIME_WAIT
-    if (c->tw_edge) {
-        if (newstate == TCP_CLOSE)
-            tw_pair(t, c->now, c->slot);
-        else
-            tw_reused(t, c->now);
-    }
-#endif
 #ifdef EMIT_EVENTS
     struct event ev = {.ts_ns = c->now, .dwell_ns = c->dwell_ns, .cookie = cookie, .tuple = *t,
                        .oldstate = oldstate, .newstate = newstate};
@@ -486,7 +507,7 @@ int tp_btf_inet_sock_set_state(u64 *ctx)
     if (!on_state(&c, sport, dport))
         return 0;
     struct tuple t = {};
-    if (needs_tuple(&c)) {
+    if (needs_tuple()) {
         t.family = KREAD(u16, sk, OFF_SKC_FAMILY);
         t.sport = sk_local_port(sk);
         t.dport = ntohs(KREAD(u16, sk, OFF_SKC_DPORT));
@@ -542,6 +563,13 @@ int tp_btf_timer_expire_entry(u64 *ctx)
 {
     const void *timer = (const void *)ctx[0];
     tw_timer_expired((u64)timer, KREAD(u64, timer, OFF_TIMER_FUNCTION));
+    return 0;
+}
+
+int tp_btf_timer_cancel(u64 *ctx)
+{
+    const void *timer = (const void *)ctx[0];
+    tw_timer_cancelled((u64)timer, KREAD(u64, timer, OFF_TIMER_FUNCTION));
     return 0;
 }
 #endif
@@ -603,6 +631,12 @@ TRACEPOINT_PROBE(timer, timer_start)
 TRACEPOINT_PROBE(timer, timer_expire_entry)
 {
     tw_timer_expired((u64)args->timer, (u64)args->function);
+    return 0;
+}
+
+TRACEPOINT_PROBE(timer, timer_cancel)   /* its record has no callback: read it from the timer */
+{
+    tw_timer_cancelled((u64)args->timer, KREAD(u64, args->timer, OFF_TIMER_FUNCTION));
     return 0;
 }
 #endif

@@ -48,14 +48,16 @@ TP_BTF_HOOKS = (("tp_btf_inet_sock_set_state", "inet_sock_set_state"),
                 ("tp_btf_tcp_send_reset", "tcp_send_reset"),
                 ("tp_btf_tcp_receive_reset", "tcp_receive_reset"))
 TP_BTF_TIMER_HOOKS = (("tp_btf_timer_start", "timer_start"),
-                      ("tp_btf_timer_expire_entry", "timer_expire_entry"))
+                      ("tp_btf_timer_expire_entry", "timer_expire_entry"),
+                      ("tp_btf_timer_cancel", "timer_cancel"))
 
 # Every kernel field the program reads: -D name -> (struct, member path, the size each read
-# assumes). Offsets come from BTF; a kernel whose BTF gives another size is refused, not misread.
+# assumes, None when only the offset matters). Offsets come from BTF; a kernel whose BTF gives another size is refused, not misread.
 FIELDS = {
     "OFF_SK_PROTOCOL": ("sock", "sk_protocol", 2),
     "OFF_SKC_FAMILY": ("sock", "__sk_common.skc_family", 2),
     "OFF_INET_SPORT": ("inet_sock", "inet_sport", 2),
+    "OFF_SKC_NUM": ("sock", "__sk_common.skc_num", 2),
     "OFF_SKC_DPORT": ("sock", "__sk_common.skc_dport", 2),
     "OFF_SKC_RCV_SADDR": ("sock", "__sk_common.skc_rcv_saddr", 4),
     "OFF_SKC_DADDR": ("sock", "__sk_common.skc_daddr", 4),
@@ -66,6 +68,8 @@ FIELDS = {
     "OFF_SKB_DEV": ("sk_buff", "dev", 8),
     "OFF_DEV_ND_NET": ("net_device", "nd_net", 8),
     "OFF_TIMER_FUNCTION": ("timer_list", "function", 8),
+    "OFF_TW_TIMER": ("inet_timewait_sock", "tw_timer", None),   # only its start is used
+    "OFF_TW_SUBSTATE": ("inet_timewait_sock", "tw_substate", 1),
 }
 
 
@@ -135,7 +139,7 @@ def kernel_layout(btf_path: str = btf.VMLINUX, hooks=TP_BTF_HOOKS + TP_BTF_TIMER
     offsets = {}
     for name, (struct_name, path, expected) in FIELDS.items():
         offset, size = types.offset(struct_name, path)
-        if size != expected:
+        if expected is not None and size != expected:
             raise btf.BtfError(f"struct {struct_name}.{path} is {size} bytes here, not {expected}")
         offsets[name] = offset
     ids = {tracepoint: types.type_id(btf.TYPEDEF, f"btf_trace_{tracepoint}") for _fn, tracepoint in hooks}
@@ -167,24 +171,28 @@ class BpfProgram:
                   f"-DHIST_FIRST={histograms.FIRST_SLOT}", f"-DHIST_LAST={histograms.LAST_SLOT}"]
         if port_range:
             cflags += [f"-DPORT_MIN={port_range[0]}", f"-DPORT_MAX={port_range[1]}"]
+        offsets, ids, layout_error = {}, {}, ""
+        try:
+            offsets, ids = kernel_layout(btf_path)
+        except btf.BtfError as exc:
+            layout_error = str(exc)
         self.time_wait_tracked = False
         if track_time_wait:
             handler = kernel_symbol("tw_timer_handler")
-            if handler:
-                cflags += ["-DTRACK_TIME_WAIT", f"-DTW_TIMER_HANDLER={handler:#x}ULL"]
-                self.time_wait_tracked = True
-            else:
+            if not handler:
                 log.warning("time_wait timing disabled: /proc/kallsyms hides tw_timer_handler's "
                             "address (tcpwatch needs CAP_SYSLOG to read it)")
+            elif layout_error:
+                if attach == "tracepoint":   # otherwise the fallback's warning below says it
+                    log.warning("time_wait timing disabled: it reads timewait sockets at offsets "
+                                "from the kernel's BTF", extra={"reason": layout_error})
+            else:
+                cflags += ["-DTRACK_TIME_WAIT", f"-DTW_TIMER_HANDLER={handler:#x}ULL"]
+                self.time_wait_tracked = True
         if emit_events:
             cflags.append("-DEMIT_EVENTS")
         hooks = TP_BTF_HOOKS + (TP_BTF_TIMER_HOOKS if self.time_wait_tracked else ())
 
-        offsets, ids, layout_error = {}, {}, ""
-        try:
-            offsets, ids = kernel_layout(btf_path, hooks)
-        except btf.BtfError as exc:
-            layout_error = str(exc)
         if attach == "tracepoint":
             self.attach = AttachChoice("tracepoint", "requested")
         elif layout_error:
@@ -205,9 +213,10 @@ class BpfProgram:
             check_tracefs()
             self._load(cflags, offsets, {}, ())
         if self.attach.detail:
-            log.warning("ebpf: tp_btf not used, attached to the classic tracepoints",
+            lost = ("; without BTF there are no namespace inodes (netns 0) and no time_wait timing"
+                    if layout_error else "")
+            log.warning("ebpf: tp_btf not used, attached to the classic tracepoints" + lost,
                         extra={"reason": self.attach.detail})
-        self.netns_known = bool(offsets)
         self._release_compiler_memory()
 
     def _load(self, cflags: list, offsets: dict, ids: dict, hooks) -> None:
@@ -227,14 +236,11 @@ class BpfProgram:
             os.close(saved)
             os.close(devnull)
         for function, tracepoint in hooks:
-            prog_fd = _load_tp_btf(self.bpf.dump_func(function.encode()), function, ids[tracepoint])
+            prog_fd, link = attach_tp_btf(self.bpf, function, ids[tracepoint])
             self._prog_fds.append(prog_fd)
-            from bcc.libbcc import lib
-
-            link = lib.bpf_attach_kfunc(prog_fd)
-            if link < 0:
+            if link is None:
                 raise BpfUnavailable(f"cannot attach {function} to tracepoint {tracepoint}: "
-                                     f"{os.strerror(ctypes.get_errno() or -link)}")
+                                     f"{os.strerror(ctypes.get_errno())}")
             self._links.append(link)
         free = self.bpf[b"free_slots"]
         for slot in range(1, self.max_netns):
@@ -335,6 +341,17 @@ _BPF_PROG_LOAD = 5
 _BPF_PROG_TYPE_TRACING = 26
 _BPF_TRACE_RAW_TP = 23
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def attach_tp_btf(compiled, function: str, btf_id: int) -> tuple:
+    """Load ``function`` of a bcc-compiled module as a tp_btf program on the tracepoint whose
+    ``btf_trace_`` typedef has ``btf_id``, then attach it: (program fd, link fd or None when
+    the attach failed; errno tells why). BpfUnavailable when the kernel refuses the program."""
+    from bcc.libbcc import lib
+
+    prog_fd = _load_tp_btf(compiled.dump_func(function.encode()), function, btf_id)
+    link = lib.bpf_attach_kfunc(prog_fd)   # raw_tracepoint_open(NULL, prog_fd)
+    return prog_fd, (link if link >= 0 else None)
 
 
 def _load_tp_btf(instructions: bytes, name: str, btf_id: int) -> int:
