@@ -1,30 +1,34 @@
 #!/usr/bin/env python3
-"""What attaching costs a connection-heavy workload: tcpwatch in each attach mode against
-bcc's tcpstates and against the floor (a program that only counts).
+"""What attaching costs a connection-heavy workload: tcpwatch in each attach mode, against
+bcc's tcpstates and against the floor (a program on the same hook that only counts).
 
-    .venv/bin/python bench/churn_cost.py [--seconds 5] [--repeat 5] [--no-stats]
+    .venv/bin/python bench/churn_cost.py [--seconds 1.5] [--pairs 15] [--no-stats]
 
 bench/churn.c (compiled here with gcc) opens and closes loopback connections in one thread
 as fast as it can, 10 state transitions each, for a bounded time and count, in a fresh
-network namespace per run. Variants, measured in the same run, in rounds whose order rotates
-(so that drift of the machine spreads over all of them):
-  - nothing attached;
-  - `tcpwatch run` with --collector.bpf.attach tp_btf and tracepoint, each with and without
-    TIME_WAIT timing, scraped every second;
-  - the distribution's tcpstates-bpfcc;
-  - bench/floor.py: one per-CPU counter on the same hook, in each attach mode.
-Printed per variant: connections/s (median), the ratio to the unattached median, the CPU
-the tool's process used, and the extra kernel time per transition in the churning thread,
-derived from the rate difference.
+network namespace per run.
 
-Then, unless --no-stats, one more run per tcpwatch mode with kernel.bpf_stats_enabled=1:
-run time and run count of each of tcpwatch's programs (bpftool prog show), so that every
-nanosecond is put on a program. (bpf_stats itself costs two clock reads per run, so those
-rates are not used for the ratios.) Needs root, gcc, bpftool, bpfcc-tools, `make run` set-up.
+This machine's speed drifts by 20% within seconds, so runs are paired: each pair is one run
+with the tool attached and one without, back to back, their order alternating from pair to
+pair; the figure is the median over pairs of (attached rate / unattached rate). Tools:
+  - the floor: one per-CPU counter per (from, to) on inet_sock_set_state, tp_btf and classic;
+  - tcpwatch's program in each attach mode, with and without TIME_WAIT timing, loaded once
+    here and attached/detached between runs (tp_btf: its links; classic: bcc's tracepoints);
+  - `tcpwatch run` as a daemon (tp_btf, everything on), scraped every second, started and
+    stopped around each attached run: its CPU is measured during the churn and during as
+    long an idle time, to show that it does not grow with the connection rate;
+  - tcpstates-bpfcc, started and stopped the same way.
+Printed: the median ratio and its quartiles, the extra kernel time per transition derived
+from it, the daemon's CPU, and tcpwatch's lost throughput as a fraction of tcpstates'.
+
+Then, unless --no-stats, with kernel.bpf_stats_enabled=1, one run per tcpwatch mode: the
+run count and run time of each of its programs, read from the fdinfo of its program fds, so
+that every nanosecond is put on a program. bpf_stats itself adds two clock reads per run, so
+those figures are for the split, not for the ratios. Needs root, gcc, bpfcc-tools, and the
+set-up of `make run`.
 """
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -37,9 +41,13 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
+sys.path.insert(0, str(ROOT))
+
+from tcpwatch.sources import bpf, btf  # noqa: E402
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TRANSITIONS_PER_CONNECTION = 10
+_runs = iter(range(1 << 30))
 
 
 def cpu_seconds(pid):
@@ -47,7 +55,9 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def churn(binary, seconds, netns):
+def churn(binary, seconds):
+    """Connections per second of one churn run in a fresh network namespace."""
+    netns = f"tcpw-churn-{os.getpid()}-{next(_runs)}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     try:
         subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
@@ -57,6 +67,95 @@ def churn(binary, seconds, netns):
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=False)
 
+
+# --- tools attached in this process, toggled between runs -------------------------------------
+
+FLOOR = r"""
+BPF_PERCPU_ARRAY(pairs, u64, 256);
+static __always_inline void count(u32 oldstate, u32 newstate)
+{
+    u32 pair = (oldstate & 15) * 16 + (newstate & 15);
+    u64 *value = pairs.lookup(&pair);
+    if (value)
+        (*value)++;
+}
+#ifdef ATTACH_TP_BTF
+int floor_tp_btf(u64 *ctx) { count(ctx[1], ctx[2]); return 0; }
+#else
+TRACEPOINT_PROBE(sock, inet_sock_set_state) { count(args->oldstate, args->newstate); return 0; }
+#endif
+"""
+
+
+class InProcess:
+    """A bcc module whose programs are attached and detached without reloading: tp_btf
+    programs by their links, classic ones by bcc's tracepoint attachments."""
+
+    def __init__(self, compiled, prog_fds, classic_functions):
+        self.compiled = compiled
+        self.prog_fds = prog_fds                     # tp_btf programs, loaded
+        self.classic = classic_functions             # {tracepoint: function}
+        self.links = []
+        self.pid = None
+        self.detach()
+
+    @classmethod
+    def floor(cls, mode):
+        from bcc import BPF
+
+        if mode == "tp_btf":
+            compiled = BPF(text=FLOOR.encode(), cflags=["-DATTACH_TP_BTF"])
+            type_id = btf.Btf.load().type_id(btf.TYPEDEF, "btf_trace_inet_sock_set_state")
+            prog_fd, link = bpf.attach_tp_btf(compiled, "floor_tp_btf", type_id)
+            if link is None:
+                raise SystemExit("cannot attach the floor program as tp_btf")
+            os.close(link)
+            return cls(compiled, [prog_fd], {})
+        return cls(BPF(text=FLOOR.encode()), [], {"sock:inet_sock_set_state": "tracepoint__sock__inet_sock_set_state"})
+
+    @classmethod
+    def tcpwatch(cls, mode, time_wait):
+        program = bpf.BpfProgram(attach=mode, track_time_wait=time_wait)
+        classic = {} if mode == "tp_btf" else {
+            tp.decode(): fn for tp, fn in ((tp, _classic_function(tp)) for tp in program.bpf.tracepoint_fds)}
+        prog_fds, program._prog_fds = program._prog_fds, []   # this object owns them now
+        for link in program._links:
+            os.close(link)
+        program._links = []
+        tool = cls(program.bpf, prog_fds, classic)
+        tool.program = program
+        return tool
+
+    def attach(self):
+        from bcc.libbcc import lib
+
+        self.links = [lib.bpf_attach_kfunc(fd) for fd in self.prog_fds]
+        for tp, fn in self.classic.items():
+            self.compiled.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+
+    def detach(self):
+        for link in self.links:
+            os.close(link)
+        self.links = []
+        for tp in self.classic:
+            if tp.encode() in self.compiled.tracepoint_fds:
+                self.compiled.detach_tracepoint(tp.encode())
+
+    def close(self):
+        self.detach()
+        for fd in self.prog_fds:
+            os.close(fd)
+        program = getattr(self, "program", None)
+        if program is not None:
+            program.close()
+
+
+def _classic_function(tracepoint: bytes) -> str:
+    category, event = tracepoint.decode().split(":")
+    return f"tracepoint__{category}__{event}"
+
+
+# --- tools as processes, started and stopped around runs --------------------------------------
 
 class Tcpwatch:
     def __init__(self, *flags):
@@ -91,14 +190,12 @@ class Tcpwatch:
         self.proc.wait(10)
 
 
-class Held:
-    """A tool that prints one line once attached and runs until stopped."""
-
-    def __init__(self, argv, stdin=False):
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, text=True)
-        if not self.proc.stdout.readline():
-            raise SystemExit(f"{argv[0]} did not start")
+class Tcpstates:
+    def __init__(self):
+        tool = shutil.which("tcpstates-bpfcc") or "/usr/sbin/tcpstates-bpfcc"
+        self.proc = subprocess.Popen([tool], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if not self.proc.stdout.readline():   # its header: attached
+            raise SystemExit("tcpstates-bpfcc did not start")
         self._drain = threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True)
         self._drain.start()
 
@@ -107,47 +204,66 @@ class Held:
         self.proc.wait(10)
 
 
-def tcpstates():
-    return Held([shutil.which("tcpstates-bpfcc") or "/usr/sbin/tcpstates-bpfcc"])   # its header: attached
+class AsProcess:
+    """Attach = start the tool's process, detach = stop it."""
+
+    def __init__(self, factory, idle_cpu=False):
+        self.factory = factory
+        self.idle_cpu = idle_cpu
+        self.tool = None
+        self.cpu = []        # (CPU during an attached run, CPU during as long idle) per run, in s/s
+
+    def attach(self):
+        self.tool = self.factory()
+        self.pid = self.tool.proc.pid
+        self._cpu0 = cpu_seconds(self.pid)
+
+    def after_run(self, seconds):
+        busy = (cpu_seconds(self.pid) - self._cpu0) / seconds
+        idle = None
+        if self.idle_cpu:
+            start = cpu_seconds(self.pid)
+            time.sleep(seconds)
+            idle = (cpu_seconds(self.pid) - start) / seconds
+        self.cpu.append((busy, idle))
+
+    def detach(self):
+        if self.tool:
+            self.tool.close()
+            self.tool = None
+
+    def close(self):
+        self.detach()
 
 
-def floor(mode):
-    return lambda: Held([PYTHON, str(ROOT / "bench" / "floor.py"), mode], stdin=True)
-
-
-def variants():
-    def tcpwatch(mode, time_wait):
-        return lambda: Tcpwatch("--collector.bpf.attach", mode,
-                                *([] if time_wait else ["--no-collector.bpf.time-wait"]))
-
-    return [
-        ("nothing attached", None),
-        ("floor: counter only, tp_btf", floor("tp_btf")),
-        ("floor: counter only, tracepoint", floor("tracepoint")),
-        ("tcpwatch tp_btf", tcpwatch("tp_btf", True)),
-        ("tcpwatch tp_btf, no TIME_WAIT", tcpwatch("tp_btf", False)),
-        ("tcpwatch tracepoint", tcpwatch("tracepoint", True)),
-        ("tcpwatch tracepoint, no TIME_WAIT", tcpwatch("tracepoint", False)),
-        ("tcpstates-bpfcc", tcpstates),
-    ]
-
-
-def run_once(binary, seconds, factory, netns):
-    tool = factory() if factory else None
-    pid = tool.proc.pid if tool else None
+def paired(binary, seconds, pairs, tool):
+    """Median and quartiles of (attached rate / unattached rate) over back-to-back pairs."""
+    ratios, rates = [], []
     try:
-        cpu0 = cpu_seconds(pid) if pid else 0.0
-        rate = churn(binary, seconds, netns)
-        cpu = (cpu_seconds(pid) - cpu0) / seconds if pid else 0.0
+        for i in range(pairs):
+            got = {}
+            for attached in ((False, True) if i % 2 == 0 else (True, False)):
+                if attached:
+                    tool.attach()
+                got[attached] = churn(binary, seconds)
+                if attached:
+                    getattr(tool, "after_run", lambda s: None)(seconds)
+                    tool.detach()
+            ratios.append(got[True] / got[False])
+            rates.append(got[False])
     finally:
-        if tool:
-            tool.close()
-    return rate, cpu
+        tool.close()
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return statistics.median(ratios), q[0], q[2], statistics.median(rates)
 
+
+# --- per-program cost ---------------------------------------------------------------------------
 
 def program_stats(pid):
-    """{(id, name): (run_time_ns, run_cnt)} of the programs process pid holds, from the
-    fdinfo of its program fds (bpftool here cannot tell which process holds a program)."""
+    """{(id, name): (run_time_ns, run_cnt)} of the programs process pid holds, from the fdinfo
+    of its program fds."""
+    import json
+
     names = {p["id"]: p.get("name", "?") for p in json.loads(
         subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout)}
     stats = {}
@@ -158,72 +274,83 @@ def program_stats(pid):
             continue
         if "run_cnt" in fields:   # a program fd (a link fd names its program too, without stats)
             prog = int(fields["prog_id"])
-            stats[(prog, names.get(prog, "?"))] = (int(fields.get("run_time_ns", 0)), int(fields.get("run_cnt", 0)))
+            stats[(prog, names.get(prog, "?"))] = (int(fields["run_time_ns"]), int(fields["run_cnt"]))
     return stats
 
 
-def per_program_cost(binary, seconds, mode):
-    """Where each nanosecond goes in one tcpwatch mode, with kernel.bpf_stats_enabled=1."""
-    tool = Tcpwatch("--collector.bpf.attach", mode)
+def per_program_cost(binary, seconds, tool):
+    """(rate, [(program, runs per connection, ns per run, ns per connection)]) for one tool."""
+    setting = Path("/proc/sys/kernel/bpf_stats_enabled")
+    previous = setting.read_text().strip()
+    setting.write_text("1")
     try:
-        before = program_stats(tool.proc.pid)
-        rate = churn(binary, seconds, f"tcpw-stats-{os.getpid()}")
-        after = program_stats(tool.proc.pid)
+        tool.attach()
+        before = program_stats(os.getpid())
+        rate = churn(binary, seconds)
+        after = program_stats(os.getpid())
     finally:
+        setting.write_text(previous)
         tool.close()
+    connections = rate * seconds
     rows = []
     for key, (run_ns, runs) in sorted(after.items()):
         ns0, runs0 = before.get(key, (0, 0))
-        rows.append((key[1], runs - runs0, (run_ns - ns0) / max(1, runs - runs0), run_ns - ns0))
+        if runs > runs0:
+            rows.append((key[1], (runs - runs0) / connections, (run_ns - ns0) / (runs - runs0),
+                         (run_ns - ns0) / connections))
     return rate, rows
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.5, help="length of each churn run")
+    parser.add_argument("--pairs", type=int, default=15, help="pairs of runs per in-process tool")
+    parser.add_argument("--process-pairs", type=int, default=7, help="pairs for the daemon and tcpstates")
     parser.add_argument("--no-stats", action="store_true", help="skip the per-program bpf_stats pass")
     args = parser.parse_args()
-    chosen = variants()
-    rates = {label: [] for label, _ in chosen}
-    cpus = {label: [] for label, _ in chosen}
+    in_process = [
+        ("floor: counter only, tp_btf", lambda: InProcess.floor("tp_btf")),
+        ("floor: counter only, tracepoint", lambda: InProcess.floor("tracepoint")),
+        ("tcpwatch tp_btf", lambda: InProcess.tcpwatch("tp_btf", True)),
+        ("tcpwatch tp_btf, no TIME_WAIT", lambda: InProcess.tcpwatch("tp_btf", False)),
+        ("tcpwatch tracepoint", lambda: InProcess.tcpwatch("tracepoint", True)),
+        ("tcpwatch tracepoint, no TIME_WAIT", lambda: InProcess.tcpwatch("tracepoint", False)),
+    ]
+    daemon = AsProcess(lambda: Tcpwatch("--collector.bpf.attach", "tp_btf"), idle_cpu=True)
+    as_process = [("`tcpwatch run` (tp_btf, scraped 1/s)", lambda: daemon),
+                  ("tcpstates-bpfcc", lambda: AsProcess(Tcpstates))]
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         binary = os.path.join(tmp, "churn")
         subprocess.run(["gcc", "-O2", "-o", binary, str(ROOT / "bench" / "churn.c")], check=True)
-        for round_ in range(args.repeat):
-            order = chosen[round_ % len(chosen):] + chosen[:round_ % len(chosen)]
-            for i, (label, factory) in enumerate(order):
-                rate, cpu = run_once(binary, args.seconds, factory, f"tcpw-churn-{os.getpid()}-{round_}-{i}")
-                rates[label].append(rate)
-                cpus[label].append(cpu)
-        stats = {}
+        for label, make in in_process:
+            results.append((label, *paired(binary, args.seconds, args.pairs, make())))
+        for label, make in as_process:
+            results.append((label, *paired(binary, args.seconds, args.process_pairs, make())))
+        stats = []
         if not args.no_stats:
-            setting = Path("/proc/sys/kernel/bpf_stats_enabled")
-            previous = setting.read_text().strip()
-            setting.write_text("1")
-            try:
-                for mode in ("tp_btf", "tracepoint"):
-                    stats[mode] = per_program_cost(binary, args.seconds, mode)
-            finally:
-                setting.write_text(previous)
+            for mode in ("tp_btf", "tracepoint"):
+                stats.append((mode, *per_program_cost(binary, max(args.seconds, 3.0),
+                                                      InProcess.tcpwatch(mode, True))))
 
-    base = statistics.median(rates["nothing attached"])
-    print(f"connection churn, one thread on loopback, median of {args.repeat} rounds x {args.seconds:g} s, "
-          f"order rotated per round")
-    print(f"{'':36} {'conn/s':>10} {'ratio':>7} {'tool CPU':>9} {'ns/transition':>14}")
-    for label, _ in chosen:
-        rate = statistics.median(rates[label])
-        extra = (1 / rate - 1 / base) / TRANSITIONS_PER_CONNECTION * 1e9 if rate != base else 0.0
-        print(f"{label:36} {rate:>10.0f} {rate / base:>6.3f}x {statistics.median(cpus[label]) * 100:>8.1f}% "
-              f"{extra:>14.0f}")
-    lost = {label: 1 - statistics.median(rates[label]) / base for label, _ in chosen}
-    print(f"lost throughput, tcpwatch tp_btf / tcpstates-bpfcc: "
-          f"{lost['tcpwatch tp_btf'] / lost['tcpstates-bpfcc']:.3f}")
-    for mode, (rate, rows) in stats.items():
-        connections = rate * args.seconds
-        print(f"\nbpf_stats, tcpwatch {mode} ({rate:.0f} conn/s with stats on): ns per run, per connection")
-        for name, runs, ns_per_run, total_ns in rows:
-            print(f"  {name:18} {runs:>10} runs {ns_per_run:>8.0f} ns/run {total_ns / connections:>8.0f} ns/conn")
+    print(f"connection churn, one thread on loopback; pairs of {args.seconds:g} s runs with and without "
+          f"the tool, {args.pairs} pairs in process, {args.process_pairs} for processes")
+    print(f"{'':40} {'ratio':>7} {'quartiles':>13} {'ns/transition':>14} {'unattached conn/s':>18}")
+    for label, ratio, low, high, rate in results:
+        extra = (1 / ratio - 1) / rate / TRANSITIONS_PER_CONNECTION * 1e9
+        print(f"{label:40} {ratio:>6.3f}x {low:>6.3f}-{high:<6.3f} {extra:>14.0f} {rate:>18.0f}")
+    lost = {label: 1 - ratio for label, ratio, *_ in results}
+    for label in ("tcpwatch tp_btf", "`tcpwatch run` (tp_btf, scraped 1/s)"):
+        print(f"lost throughput, {label} / tcpstates-bpfcc: {lost[label] / lost['tcpstates-bpfcc']:.3f}")
+    busy = statistics.median(c for c, _ in daemon.cpu)
+    idle = statistics.median(i for _, i in daemon.cpu)
+    print(f"`tcpwatch run` CPU: {busy * 100:.1f}% during churn, {idle * 100:.1f}% idle (medians)")
+    for mode, rate, rows in stats:
+        print(f"\nbpf_stats, tcpwatch {mode}, TIME_WAIT timing on ({rate:.0f} conn/s with stats on):")
+        print(f"  {'program':18} {'runs/conn':>10} {'ns/run':>8} {'ns/conn':>8}")
+        for name, runs, ns_per_run, ns_per_connection in rows:
+            print(f"  {name[:18]:18} {runs:>10.2f} {ns_per_run:>8.0f} {ns_per_connection:>8.0f}")
+        print(f"  {'total':18} {'':>10} {'':>8} {sum(r[3] for r in rows):>8.0f}")
     return 0
 
 

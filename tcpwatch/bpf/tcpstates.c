@@ -43,17 +43,20 @@
  *   TIME_WAIT: timewait sockets are not full sockets. The state tracepoint shows FIN_WAIT2 ->
  *   CLOSE (or CLOSING/FIN_WAIT1 -> CLOSE) when tcp_time_wait() replaces the socket, and nothing
  *   when the timewait socket dies. With TRACK_TIME_WAIT defined, the timewait socket's own
- *   timer (tw_timer, whose callback is tw_timer_handler) tells its whole life, keyed by the
- *   timer's address, with no 4-tuple:
- *     - timer_start: tcp_time_wait() arms it; the socket enters TIME_WAIT (a timewait socket
- *       standing in for an orphaned FIN_WAIT2 socket, substate FIN_WAIT2, is not timed).
+ *   timer (tw_timer, callback tw_timer_handler) tells when it dies, and the timer itself says
+ *   when it was born: tcp_time_wait() arms it to expire TCP_TIMEWAIT_LEN (TW_LEN_JIFFIES)
+ *   after birth, so age = TW_LEN_JIFFIES - (expires - jiffies). No map, nothing stored at
+ *   birth, and timewait sockets born before tcpwatch started are timed too.
  *     - timer_expire_entry: the normal death after 2MSL.
- *     - timer_cancel: an early death (reuse of its 4-tuple, or an RST), unless the same timer
- *       is started again at once on the same CPU: mod_timer() cancels and starts under the
- *       timer base's lock, so that pair is a reschedule (the peer's FIN came again). A cancel
- *       is therefore settled at the next timer event on its CPU.
- *   The timer hooks run for every kernel timer; for all but timewait timers they compare one
- *   pointer and return.
+ *     - timer_cancel: an early death (reuse of its 4-tuple, or an RST), unless the next
+ *       timer event on the same CPU is the same timer starting (mod_timer() cancels and starts
+ *       under the timer base's lock: a reschedule, the peer's FIN came again and 2MSL
+ *       restarts; such a socket is timed from its last restart) or expiring (the kernel
+ *       detaches an expiring timer, which fires timer_cancel, right before running it). A
+ *       cancel is therefore settled at the next timer event on its CPU.
+ *   Ages have the precision of a jiffy (TICK_NS). A timewait socket standing in for an
+ *   orphaned FIN_WAIT2 socket (substate FIN_WAIT2) is not timed. The timer hooks run for
+ *   every kernel timer; for all but timewait timers they compare one pointer and return.
  */
 
 #include <uapi/linux/in.h>
@@ -101,9 +104,8 @@ enum tcpwatch_sk_rst_reason { TCPWATCH_SK_RST_REASON_UNREAD = 0 };
 
 /* Indexes of the global counters; mirrored in tcpwatch/sources/bpf.py. */
 #define C_UNKNOWN_SOCKET 0    /* left a state we never saw it enter (before attach, or evicted) */
-#define C_TW_UNKNOWN 1        /* a timewait timer expired that we never saw armed */
-#define C_NETNS_FULL 2        /* an event counted in slot 0 because every namespace slot was taken */
-#define C_MAX 3
+#define C_NETNS_FULL 1        /* an event counted in slot 0 because every namespace slot was taken */
+#define C_MAX 2
 
 /* Indexes of the per-namespace counters; mirrored in tcpwatch/sources/bpf.py. */
 #define N_RETRANSMITS 0
@@ -203,23 +205,38 @@ static __always_inline u32 sock_netns(const void *sk)
 #endif
 }
 
+/* The namespace slot this CPU resolved last: connections come in runs within one namespace,
+ * so this saves most netns_slots lookups. (A slot retired by user space must be cleared here.) */
+struct netns_cached {
+    u32 inum;
+    u32 slot;
+};
+BPF_PERCPU_ARRAY(netns_last, struct netns_cached, 1);
+
 /* The slot of a namespace in netns_stats, taking a free one the first time it is seen. */
 static __always_inline u32 netns_slot(u32 inum)
 {
     if (!inum)
         return 0;
-    u32 *slot = netns_slots.lookup(&inum);
-    if (slot)
-        return *slot;
+    u32 zero = 0;
+    struct netns_cached *last = netns_last.lookup(&zero);
+    if (last && last->inum == inum)
+        return last->slot;
     u32 fresh = 0;
-    if (free_slots.pop(&fresh) != 0) {
+    u32 *slot = netns_slots.lookup(&inum);
+    if (slot) {
+        fresh = *slot;
+    } else if (free_slots.pop(&fresh) != 0) {
         bump(C_NETNS_FULL);
         return 0;
-    }
-    if (netns_slots.insert(&inum, &fresh) != 0) {   /* another CPU inserted it first */
+    } else if (netns_slots.insert(&inum, &fresh) != 0) {   /* another CPU inserted it first */
         free_slots.push(&fresh, 0);
         slot = netns_slots.lookup(&inum);
         return slot ? *slot : 0;
+    }
+    if (last) {
+        last->inum = inum;
+        last->slot = fresh;
     }
     return fresh;
 }
@@ -273,42 +290,52 @@ static __always_inline int port_tracked(u16 sport, u16 dport)
 #ifdef TRACK_TIME_WAIT
 #define TCP_TIME_WAIT_SUBSTATE 6
 
-struct tw_entered {
-    u64 ns;                   /* when the timewait socket entered TIME_WAIT */
-    u32 slot;                 /* its namespace's slot */
-    u32 pad;
-};
 struct tw_cancel {
     u64 timer;                /* a timewait timer cancelled just now on this CPU; 0: none */
-    u64 lifetime_ns;
-    u32 slot;
+    u64 age_ns;
+    u32 netns;
     u32 pad;
 };
-BPF_TABLE("lru_hash", u64, struct tw_entered, tw_sockets, MAX_SOCKETS);
 BPF_PERCPU_ARRAY(tw_cancelled, struct tw_cancel, 1);
 
 /* Fields of the timewait socket that holds a tw_timer. The timer pointer is typed in tp_btf,
  * but the socket lies before it, where typed reads cannot go: copy. */
-static __always_inline u8 tw_substate(u64 timer)
+#define TW_FIELD(timer, off) ((const void *)((timer) - OFF_TW_TIMER + (off)))
+
+/* The socket's age in ns if this timer is a TIME_WAIT socket's that tcpwatch watches, else 0. */
+static __always_inline u64 tw_age(u64 timer, u64 function, u64 expires)
 {
+    if (function != TW_TIMER_HANDLER)
+        return 0;
     u8 substate = 0;
-    bpf_probe_read_kernel(&substate, 1, (const void *)(timer - OFF_TW_TIMER + OFF_TW_SUBSTATE));
-    return substate;
+    bpf_probe_read_kernel(&substate, 1, TW_FIELD(timer, OFF_TW_SUBSTATE));
+    if (substate != TCP_TIME_WAIT_SUBSTATE)
+        return 0;
+#ifdef PORT_MIN   /* --collector.bpf.ports applies to timewait sockets too */
+    u16 sport = 0, dport = 0;
+    bpf_probe_read_kernel(&sport, sizeof(sport), TW_FIELD(timer, OFF_SKC_NUM));
+    bpf_probe_read_kernel(&dport, sizeof(dport), TW_FIELD(timer, OFF_SKC_DPORT));
+    if (!port_tracked(sport, ntohs(dport)))
+        return 0;
+#endif
+    s64 age = TW_LEN_JIFFIES - (s64)(expires - bpf_jiffies64());
+    return age > 0 ? (u64)age * TICK_NS : 1;
 }
 
 static __always_inline u32 tw_netns(u64 timer)
 {
     const void *net = 0;
     u32 inum = 0;
-    bpf_probe_read_kernel(&net, sizeof(net), (const void *)(timer - OFF_TW_TIMER + OFF_SKC_NET));
+    bpf_probe_read_kernel(&net, sizeof(net), TW_FIELD(timer, OFF_SKC_NET));
     if (net)
         bpf_probe_read_kernel(&inum, sizeof(inum), net + OFF_NS_INUM);
     return inum;
 }
 
-/* Settles a cancel left on this CPU: a death, unless `started` is that same timer (a
- * reschedule: the socket stays in TIME_WAIT and keeps its entry time). */
-static __always_inline void tw_settle(u64 started)
+/* Settles a cancel left on this CPU: a death, unless `next` is that same timer, started again
+ * (a reschedule: the socket stays in TIME_WAIT) or expiring (the kernel detaches a timer, with
+ * a timer_cancel event, just before running it). */
+static __always_inline void tw_settle(u64 next)
 {
     u32 zero = 0;
     struct tw_cancel *cancelled = tw_cancelled.lookup(&zero);
@@ -316,63 +343,34 @@ static __always_inline void tw_settle(u64 started)
         return;
     u64 timer = cancelled->timer;
     cancelled->timer = 0;
-    if (timer == started)
-        return;
-    observe(stats_of(cancelled->slot), TCP_TIME_WAIT, cancelled->lifetime_ns);
-    tw_sockets.delete(&timer);
+    if (timer != next)
+        observe(stats_of(netns_slot(cancelled->netns)), TCP_TIME_WAIT, cancelled->age_ns);
 }
 
-/* --collector.bpf.ports applies to timewait sockets too: their ports are in sock_common. */
-static __always_inline int tw_port_tracked(u64 timer)
-{
-#ifdef PORT_MIN
-    u16 sport = 0, dport = 0;
-    bpf_probe_read_kernel(&sport, sizeof(sport), (const void *)(timer - OFF_TW_TIMER + OFF_SKC_NUM));
-    bpf_probe_read_kernel(&dport, sizeof(dport), (const void *)(timer - OFF_TW_TIMER + OFF_SKC_DPORT));
-    return port_tracked(sport, ntohs(dport));
-#else
-    return 1;
-#endif
-}
-
-static __always_inline void tw_timer_started(u64 timer, u64 function)
+static __always_inline void tw_timer_started(u64 timer)
 {
     tw_settle(timer);
-    if (function != TW_TIMER_HANDLER || tw_substate(timer) != TCP_TIME_WAIT_SUBSTATE ||
-        !tw_port_tracked(timer))
-        return;
-    struct tw_entered entry = {.ns = bpf_ktime_get_ns(), .slot = netns_slot(tw_netns(timer))};
-    tw_sockets.insert(&timer, &entry);   /* a reschedule keeps the first entry time */
 }
 
-static __always_inline void tw_timer_cancelled(u64 timer, u64 function)
+static __always_inline void tw_timer_cancelled(u64 timer, u64 function, u64 expires)
 {
     tw_settle(0);
-    if (function != TW_TIMER_HANDLER)
-        return;
-    struct tw_entered *entry = tw_sockets.lookup(&timer);
+    u64 age = tw_age(timer, function, expires);
     u32 zero = 0;
     struct tw_cancel *cancelled = tw_cancelled.lookup(&zero);
-    if (!entry || !cancelled)
+    if (!age || !cancelled)
         return;
     cancelled->timer = timer;
-    cancelled->lifetime_ns = bpf_ktime_get_ns() - entry->ns;
-    cancelled->slot = entry->slot;
+    cancelled->age_ns = age;
+    cancelled->netns = tw_netns(timer);
 }
 
-static __always_inline void tw_timer_expired(u64 timer, u64 function)
+static __always_inline void tw_timer_expired(u64 timer, u64 function, u64 expires)
 {
-    tw_settle(0);
-    if (function != TW_TIMER_HANDLER || tw_substate(timer) != TCP_TIME_WAIT_SUBSTATE ||
-        !tw_port_tracked(timer))
-        return;
-    struct tw_entered *entry = tw_sockets.lookup(&timer);
-    if (!entry) {
-        bump(C_TW_UNKNOWN);
-        return;
-    }
-    observe(stats_of(entry->slot), TCP_TIME_WAIT, bpf_ktime_get_ns() - entry->ns);
-    tw_sockets.delete(&timer);
+    tw_settle(timer);   /* an expiring timer is detached first, which fires timer_cancel */
+    u64 age = tw_age(timer, function, expires);
+    if (age)
+        observe(stats_of(netns_slot(tw_netns(timer))), TCP_TIME_WAIT, age);
 }
 #endif /* TRACK_TIME_WAIT */
 
@@ -554,22 +552,21 @@ int tp_btf_tcp_receive_reset(u64 *ctx)
 #ifdef TRACK_TIME_WAIT
 int tp_btf_timer_start(u64 *ctx)
 {
-    const void *timer = (const void *)ctx[0];
-    tw_timer_started((u64)timer, KREAD(u64, timer, OFF_TIMER_FUNCTION));
+    tw_timer_started(ctx[0]);
     return 0;
 }
 
 int tp_btf_timer_expire_entry(u64 *ctx)
 {
     const void *timer = (const void *)ctx[0];
-    tw_timer_expired((u64)timer, KREAD(u64, timer, OFF_TIMER_FUNCTION));
+    tw_timer_expired((u64)timer, KREAD(u64, timer, OFF_TIMER_FUNCTION), KREAD(u64, timer, OFF_TIMER_EXPIRES));
     return 0;
 }
 
 int tp_btf_timer_cancel(u64 *ctx)
 {
     const void *timer = (const void *)ctx[0];
-    tw_timer_cancelled((u64)timer, KREAD(u64, timer, OFF_TIMER_FUNCTION));
+    tw_timer_cancelled((u64)timer, KREAD(u64, timer, OFF_TIMER_FUNCTION), KREAD(u64, timer, OFF_TIMER_EXPIRES));
     return 0;
 }
 #endif
@@ -624,19 +621,20 @@ TRACEPOINT_PROBE(tcp, tcp_receive_reset)
 #ifdef TRACK_TIME_WAIT
 TRACEPOINT_PROBE(timer, timer_start)
 {
-    tw_timer_started((u64)args->timer, (u64)args->function);
+    tw_timer_started((u64)args->timer);
     return 0;
 }
 
 TRACEPOINT_PROBE(timer, timer_expire_entry)
 {
-    tw_timer_expired((u64)args->timer, (u64)args->function);
+    tw_timer_expired((u64)args->timer, (u64)args->function, KREAD(u64, args->timer, OFF_TIMER_EXPIRES));
     return 0;
 }
 
-TRACEPOINT_PROBE(timer, timer_cancel)   /* its record has no callback: read it from the timer */
+TRACEPOINT_PROBE(timer, timer_cancel)   /* its record has only the timer: read the rest from it */
 {
-    tw_timer_cancelled((u64)args->timer, KREAD(u64, args->timer, OFF_TIMER_FUNCTION));
+    tw_timer_cancelled((u64)args->timer, KREAD(u64, args->timer, OFF_TIMER_FUNCTION),
+                       KREAD(u64, args->timer, OFF_TIMER_EXPIRES));
     return 0;
 }
 #endif

@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from importlib import resources
 
@@ -35,12 +36,14 @@ log = logging.getLogger(__name__)
 
 NSTATES = 16
 HIST_SLOTS = histograms.SLOTS
-COUNTERS = ("unknown_socket", "unknown_time_wait", "netns_full")
+COUNTERS = ("unknown_socket", "netns_full")
 NETNS_COUNTERS = ("retransmits", "resets_sent", "resets_received")
 TRACEFS = "/sys/kernel/tracing"
 TRACEPOINT = "sock/inet_sock_set_state"
 ATTACH_MODES = ("auto", "tp_btf", "tracepoint")
 DEFAULT_MAX_NETNS = 128
+TCP_TIMEWAIT_LEN_NS = 60 * 10**9   # include/net/tcp.h: TCP_TIMEWAIT_LEN, the timewait timer's span
+CLOCK_MONOTONIC_COARSE = 6         # its resolution is the kernel's tick: 1/HZ
 
 # Each tp_btf function of tcpstates.c and its tracepoint; the timer hooks only with TIME_WAIT timing.
 TP_BTF_HOOKS = (("tp_btf_inet_sock_set_state", "inet_sock_set_state"),
@@ -68,6 +71,7 @@ FIELDS = {
     "OFF_SKB_DEV": ("sk_buff", "dev", 8),
     "OFF_DEV_ND_NET": ("net_device", "nd_net", 8),
     "OFF_TIMER_FUNCTION": ("timer_list", "function", 8),
+    "OFF_TIMER_EXPIRES": ("timer_list", "expires", 8),
     "OFF_TW_TIMER": ("inet_timewait_sock", "tw_timer", None),   # only its start is used
     "OFF_TW_SUBSTATE": ("inet_timewait_sock", "tw_substate", 1),
 }
@@ -187,7 +191,9 @@ class BpfProgram:
                     log.warning("time_wait timing disabled: it reads timewait sockets at offsets "
                                 "from the kernel's BTF", extra={"reason": layout_error})
             else:
-                cflags += ["-DTRACK_TIME_WAIT", f"-DTW_TIMER_HANDLER={handler:#x}ULL"]
+                tick_ns = round(time.clock_getres(CLOCK_MONOTONIC_COARSE) * 1e9)   # one jiffy
+                cflags += ["-DTRACK_TIME_WAIT", f"-DTW_TIMER_HANDLER={handler:#x}ULL", f"-DTICK_NS={tick_ns}ULL",
+                           f"-DTW_LEN_JIFFIES={TCP_TIMEWAIT_LEN_NS // tick_ns}LL"]
                 self.time_wait_tracked = True
         if emit_events:
             cflags.append("-DEMIT_EVENTS")
