@@ -1,13 +1,15 @@
 /*
  * churn: how many TCP connections per second one thread can open and close on loopback.
  *
- *   churn SECONDS MAX_CONNECTIONS
+ *   churn SECONDS MAX_CONNECTIONS [PROGRESS_MS]
  *
  * Each connection: connect, accept, the client closes first, then the server: 10 state
  * transitions (client CLOSE->SYN_SENT->ESTABLISHED->FIN_WAIT1->FIN_WAIT2->CLOSE, server
  * LISTEN->SYN_RECV->ESTABLISHED->CLOSE_WAIT->LAST_ACK->CLOSE). Clients bind source addresses
  * spread over 127.1.0.0/16 so that TIME_WAIT sockets do not exhaust ephemeral ports.
- * Stops at SECONDS or MAX_CONNECTIONS, whichever comes first; prints connections/s.
+ * Stops at SECONDS or MAX_CONNECTIONS, whichever comes first; prints connections/s. With
+ * PROGRESS_MS, it also prints "P <CLOCK_MONOTONIC seconds> <connections so far>" about every
+ * PROGRESS_MS, so that a caller can split the run into slices by time.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -30,12 +32,13 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: churn SECONDS MAX_CONNECTIONS\n");
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: churn SECONDS MAX_CONNECTIONS [PROGRESS_MS]\n");
         return 2;
     }
     double seconds = atof(argv[1]);
     long max_connections = atol(argv[2]);
+    double progress = argc == 4 ? atof(argv[3]) / 1000 : 0;
     int one = 1;
     int lst = socket(AF_INET, SOCK_STREAM, 0);
     setsockopt(lst, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -47,7 +50,7 @@ int main(int argc, char **argv)
     socklen_t len = sizeof(server);
     getsockname(lst, (struct sockaddr *)&server, &len);
 
-    double start = now(), deadline = start + seconds;
+    double start = now(), deadline = start + seconds, next_progress = start;
     long done = 0;
     while (done < max_connections && (done & 255 || now() < deadline)) {
         int c = socket(AF_INET, SOCK_STREAM, 0);
@@ -67,6 +70,14 @@ int main(int argc, char **argv)
         close(c);
         close(s);
         done++;
+        if (progress > 0 && !(done & 15)) {
+            double t = now();
+            if (t >= next_progress) {
+                printf("P %.6f %ld\n", t, done);
+                fflush(stdout);
+                next_progress = t + progress;
+            }
+        }
     }
     double elapsed = now() - start;
     printf("%ld %.3f %.1f\n", done, elapsed, done / elapsed);

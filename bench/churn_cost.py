@@ -2,24 +2,27 @@
 """What attaching costs a connection-heavy workload: tcpwatch in each attach mode, against
 bcc's tcpstates and against the floor (a program on the same hook that only counts).
 
-    .venv/bin/python bench/churn_cost.py [--seconds 1.5] [--pairs 15] [--no-stats]
+    .venv/bin/python bench/churn_cost.py [--seconds 20] [--slice 0.25] [--rounds 3] [--no-stats]
 
 bench/churn.c (compiled here with gcc) opens and closes loopback connections in one thread
 as fast as it can, 10 state transitions each, for a bounded time and count, in a fresh
 network namespace per run.
 
-This machine's speed drifts by 20% within seconds, so runs are paired: each pair is one run
-with the tool attached and one without, back to back, their order alternating from pair to
-pair; the figure is the median over pairs of (attached rate / unattached rate). Tools:
+This machine's speed drifts by 20% within seconds, so the tools that can be attached and
+detached in this process are measured inside one long churn run: attached and detached every
+--slice seconds, the churn reporting its progress every 20 ms. Both conditions share the
+drift; the ratio is the attached rate over the detached rate. A control that toggles nothing
+shows the method's own error. In process:
   - the floor: one per-CPU counter per (from, to) on inet_sock_set_state, tp_btf and classic;
   - tcpwatch's program in each attach mode, with and without TIME_WAIT timing, loaded once
-    here and attached/detached between runs (tp_btf: its links; classic: bcc's tracepoints);
-  - `tcpwatch run` as a daemon (tp_btf, everything on), scraped every second, started and
-    stopped around each attached run: its CPU is measured during the churn and during as
-    long an idle time, to show that it does not grow with the connection rate;
-  - tcpstates-bpfcc, started and stopped the same way.
-Printed: the median ratio and its quartiles, the extra kernel time per transition derived
-from it, the daemon's CPU, and tcpwatch's lost throughput as a fraction of tcpstates'.
+    and attached/detached by its links (tp_btf) or bcc's tracepoint attachments (classic).
+As processes, started and stopped around runs, in pairs of runs with and without, the order
+alternating (median and quartiles over pairs):
+  - `tcpwatch run` (tp_btf, everything on), scraped every second: its CPU is measured during
+    the churn and during as long an idle time, to show it does not grow with the rate;
+  - tcpstates-bpfcc.
+Printed: the ratio and its quartiles, the extra kernel time per transition derived from it,
+the daemon's CPU, and tcpwatch's lost throughput as a fraction of tcpstates'.
 
 Then, unless --no-stats, with kernel.bpf_stats_enabled=1, one run per tcpwatch mode: the
 run count and run time of each of its programs, read from the fdinfo of its program fds, so
@@ -257,6 +260,67 @@ def paired(binary, seconds, pairs, tool):
     return statistics.median(ratios), q[0], q[2], statistics.median(rates)
 
 
+def sliced(binary, seconds, slice_s, tool):
+    """One long churn run in one namespace while the tool is attached and detached every
+    slice_s seconds: drift of the machine is shared by both conditions. Returns (ratio of the
+    attached to the detached rate over the whole run, quartiles of the ratio per adjacent
+    (detached, attached) pair of slices, detached rate)."""
+    netns = f"tcpw-churn-{os.getpid()}-{next(_runs)}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    samples, toggles = [], []
+    try:
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, binary, str(seconds), "500000000", "20"],
+                                stdout=subprocess.PIPE, text=True)
+        reader = threading.Thread(target=lambda: samples.extend(
+            (float(t), int(n)) for tag, t, n in (line.split() for line in proc.stdout) if tag == "P"))
+        reader.start()
+        attached = False
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and proc.poll() is None:
+            time.sleep(slice_s)
+            if attached:
+                tool.detach()
+            else:
+                tool.attach()
+            attached = not attached
+            toggles.append((time.monotonic(), attached))
+        proc.wait(seconds + 60)
+        reader.join(10)
+    finally:
+        tool.close()
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+    # Each interval between two progress samples counts for the state it lies wholly in.
+    totals = {True: [0, 0.0], False: [0, 0.0]}
+    per_slice = []
+    for (t0, n0), (t1, n1) in zip(samples, samples[1:]):
+        before = [state for when, state in toggles if when <= t0]
+        after = [state for when, state in toggles if when <= t1]
+        if len(before) != len(after) or not before:
+            continue   # straddles a toggle, or before the first one
+        state, index = before[-1], len(before)
+        totals[state][0] += n1 - n0
+        totals[state][1] += t1 - t0
+        if not per_slice or per_slice[-1][0] != index:
+            per_slice.append([index, state, 0, 0.0])
+        per_slice[-1][2] += n1 - n0
+        per_slice[-1][3] += t1 - t0
+    rate = {state: n / t for state, (n, t) in totals.items()}
+    pairs = [after[2] / after[3] / (before[2] / before[3])
+             for before, after in zip(per_slice, per_slice[1:]) if not before[1] and after[1]]
+    q = statistics.quantiles(pairs, n=4)
+    return rate[True] / rate[False], q[0], q[2], rate[False]
+
+
+class NoOp:
+    """The control: toggles nothing, so its ratio shows the method's own error."""
+
+    def attach(self):
+        pass
+
+    detach = close = attach
+
+
 # --- per-program cost ---------------------------------------------------------------------------
 
 def program_stats(pid):
@@ -303,12 +367,15 @@ def per_program_cost(binary, seconds, tool):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=1.5, help="length of each churn run")
-    parser.add_argument("--pairs", type=int, default=15, help="pairs of runs per in-process tool")
+    parser.add_argument("--seconds", type=float, default=20, help="churn run per in-process tool")
+    parser.add_argument("--slice", type=float, default=0.25, help="attach/detach period in that run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per in-process tool")
+    parser.add_argument("--process-seconds", type=float, default=2.0, help="churn run per process pair")
     parser.add_argument("--process-pairs", type=int, default=7, help="pairs for the daemon and tcpstates")
     parser.add_argument("--no-stats", action="store_true", help="skip the per-program bpf_stats pass")
     args = parser.parse_args()
     in_process = [
+        ("control: nothing toggled", NoOp),
         ("floor: counter only, tp_btf", lambda: InProcess.floor("tp_btf")),
         ("floor: counter only, tracepoint", lambda: InProcess.floor("tracepoint")),
         ("tcpwatch tp_btf", lambda: InProcess.tcpwatch("tp_btf", True)),
@@ -323,18 +390,24 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         binary = os.path.join(tmp, "churn")
         subprocess.run(["gcc", "-O2", "-o", binary, str(ROOT / "bench" / "churn.c")], check=True)
-        for label, make in in_process:
-            results.append((label, *paired(binary, args.seconds, args.pairs, make())))
+        runs = {label: [] for label, _ in in_process}
+        for _ in range(args.rounds):   # rounds over the tools, so that slow drift spreads over all
+            for label, make in in_process:
+                runs[label].append(sliced(binary, args.seconds, args.slice, make()))
+        for label, _ in in_process:
+            ratio, low, high, rate = (statistics.median(run[i] for run in runs[label]) for i in range(4))
+            results.append((label, ratio, low, high, rate))
         for label, make in as_process:
-            results.append((label, *paired(binary, args.seconds, args.process_pairs, make())))
+            results.append((label, *paired(binary, args.process_seconds, args.process_pairs, make())))
         stats = []
         if not args.no_stats:
             for mode in ("tp_btf", "tracepoint"):
-                stats.append((mode, *per_program_cost(binary, max(args.seconds, 3.0),
-                                                      InProcess.tcpwatch(mode, True))))
+                stats.append((mode, *per_program_cost(binary, 3.0, InProcess.tcpwatch(mode, True))))
 
-    print(f"connection churn, one thread on loopback; pairs of {args.seconds:g} s runs with and without "
-          f"the tool, {args.pairs} pairs in process, {args.process_pairs} for processes")
+    print(f"connection churn, one thread on loopback. In process: {args.rounds} runs of {args.seconds:g} s per "
+          f"tool, attached and detached every {args.slice:g} s (medians over runs; quartiles of the ratio "
+          f"per pair of slices). Processes: {args.process_pairs} pairs of {args.process_seconds:g} s runs, "
+          f"started and stopped (median; quartiles over pairs).")
     print(f"{'':40} {'ratio':>7} {'quartiles':>13} {'ns/transition':>14} {'unattached conn/s':>18}")
     for label, ratio, low, high, rate in results:
         extra = (1 / ratio - 1) / rate / TRANSITIONS_PER_CONNECTION * 1e9

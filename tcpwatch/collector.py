@@ -189,10 +189,11 @@ class TcpCollector:
             "tcpwatch_ebpf_untracked_total",
             "Events the eBPF program could not time. unknown_socket: a socket left a state it "
             "entered before tcpwatch attached, or whose entry the full LRU map evicted "
-            "(--collector.bpf.max-sockets). netns_full: events of a network namespace that found every namespace slot taken "
+            "(--collector.bpf.max-sockets). slot_taken: tp_btf, a new socket whose row in the "
+            "socket table (indexed by socket cookie) a live socket held; it is not timed. netns_full: events of a network namespace that found every namespace slot taken "
             "(--collector.bpf.max-netns); they are counted, but not under their namespace.",
             labels=["reason"])
-        for reason in ("unknown_socket", "netns_full"):
+        for reason in ("unknown_socket", "slot_taken", "netns_full"):
             untracked.add_metric([reason], reading.counters.get(reason, 0))
         retransmits = CounterMetricFamily(
             "tcpwatch_retransmits_total", "TCP segments retransmitted (tcp:tcp_retransmit_skb).")

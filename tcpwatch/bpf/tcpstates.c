@@ -5,9 +5,10 @@
  * Strategy
  *   sock:inet_sock_set_state (Linux 4.16+) fires on every state change of a full TCP socket.
  *   For each event this program bumps a per-CPU counter for the (from, to) pair. It also
- *   remembers in an LRU hash, keyed by the socket's address, when the socket entered its
- *   state. When the socket leaves that state, the program adds the time spent to a per-CPU
- *   log2 histogram of that state. User space reads the maps only when Prometheus scrapes.
+ *   remembers, per socket, when the socket entered its state (tp_btf: in a table indexed by
+ *   the socket cookie; tracepoint: in an LRU hash keyed by the socket's address). When the
+ *   socket leaves that state, the program adds the time spent to a per-CPU log2 histogram of
+ *   that state. User space reads the maps only when Prometheus scrapes.
  *   Nothing crosses to user space per event, unless EMIT_EVENTS is defined (the
  *   `tcpwatch trace` command).
  *
@@ -34,11 +35,12 @@
  *   full (counted as netns_full). A socket's slot is looked up once, when the program first
  *   sees it, and kept in its per-socket entry.
  *
- *   CLOSE_WAIT: a leaked socket never leaves CLOSE_WAIT, so its histogram never sees it.
- *   Entry times of sockets now in CLOSE_WAIT are therefore also kept in close_wait_entered.
- *   tp_btf keys it by the socket cookie (bpf_get_socket_cookie), the number inet_diag reports
- *   as idiag_cookie: exact across namespaces and 4-tuple reuse. tracepoint mode cannot make
- *   a cookie and keys it by 4-tuple and namespace.
+ *   CLOSE_WAIT: a leaked socket never leaves CLOSE_WAIT, so its histogram never sees it; user
+ *   space reads its entry time instead. tp_btf: the socket's own row of socket_table, found
+ *   by the socket cookie (bpf_get_socket_cookie), the number inet_diag reports as
+ *   idiag_cookie: exact across namespaces and 4-tuple reuse. tracepoint mode cannot make a
+ *   cookie, and keeps CLOSE_WAIT entry times in close_wait_entered, keyed by 4-tuple and
+ *   namespace.
  *
  *   TIME_WAIT: timewait sockets are not full sockets. The state tracepoint shows FIN_WAIT2 ->
  *   CLOSE (or CLOSING/FIN_WAIT1 -> CLOSE) when tcp_time_wait() replaces the socket, and nothing
@@ -105,7 +107,8 @@ enum tcpwatch_sk_rst_reason { TCPWATCH_SK_RST_REASON_UNREAD = 0 };
 /* Indexes of the global counters; mirrored in tcpwatch/sources/bpf.py. */
 #define C_UNKNOWN_SOCKET 0    /* left a state we never saw it enter (before attach, or evicted) */
 #define C_NETNS_FULL 1        /* an event counted in slot 0 because every namespace slot was taken */
-#define C_MAX 2
+#define C_SLOT_TAKEN 2        /* tp_btf: a new socket's row in socket_table held by a live socket */
+#define C_MAX 3
 
 /* Indexes of the per-namespace counters; mirrored in tcpwatch/sources/bpf.py. */
 #define N_RETRANSMITS 0
@@ -113,11 +116,23 @@ enum tcpwatch_sk_rst_reason { TCPWATCH_SK_RST_REASON_UNREAD = 0 };
 #define N_RESETS_RECEIVED 2
 #define N_MAX 3
 
+#ifdef ATTACH_TP_BTF
+/* One row of socket_table; user space reads this layout (sources/bpf.py). The writer stores
+ * ns before state, and cookie last when it claims a row, so that a reader who sees a state
+ * sees its time. */
+struct entered {
+    u64 cookie;               /* the socket that owns the row; 0: free */
+    u32 state;
+    u32 slot;                 /* its namespace's slot in netns_stats */
+    u64 ns;                   /* bpf_ktime_get_ns() when the socket entered `state` */
+};
+#else
 struct entered {
     u64 ns;                   /* bpf_ktime_get_ns() when the socket entered `state` */
     u32 state;
     u32 slot;                 /* its namespace's slot in netns_stats */
 };
+#endif
 
 /* A connection as user space sees it in inet_diag: local first; IPv4 uses 4 bytes. */
 struct tuple {
@@ -138,20 +153,25 @@ struct netns_stats {
     u64 counters[N_MAX];
 };
 
+#ifdef ATTACH_TP_BTF
+/* Per-socket entries, direct-mapped by socket cookie: row cookie % SOCKET_SLOTS (a power of
+ * two). Cookies are handed out in sequence, so live sockets spread over the rows; a row held
+ * by another live socket is not taken over (counted as slot_taken). No hash, no lock, no
+ * allocation: a lookup is an array index. User space maps the table (BPF_F_MMAPABLE) and finds
+ * the CLOSE_WAIT entry time of an inet_diag socket by its cookie, so CLOSE_WAIT needs no map
+ * of its own. */
+BPF_F_TABLE("array", u32, struct entered, socket_table, SOCKET_SLOTS, 1024 /* BPF_F_MMAPABLE */);
+#else
+/* Per-socket entries keyed by the socket's address, and CLOSE_WAIT entry times keyed by
+ * 4-tuple and namespace: the classic tracepoints cannot make a cookie. */
 struct close_wait_value {
     u64 ns;                   /* when the socket entered CLOSE_WAIT */
     u32 netns;
     u32 pad;
 };
-
-#ifdef ATTACH_TP_BTF
-typedef u64 close_wait_key;   /* the socket cookie */
-#else
-typedef struct tuple close_wait_key;
-#endif
-
 BPF_TABLE("lru_hash", u64, struct entered, socket_states, MAX_SOCKETS);
-BPF_TABLE("lru_hash", close_wait_key, struct close_wait_value, close_wait_entered, MAX_SOCKETS);
+BPF_TABLE("lru_hash", struct tuple, struct close_wait_value, close_wait_entered, MAX_SOCKETS);
+#endif
 BPF_PERCPU_ARRAY(netns_stats, struct netns_stats, MAX_NETNS);
 BPF_HASH(netns_slots, u32, u32, MAX_NETNS);
 BPF_QUEUE(free_slots, u32, MAX_NETNS);
@@ -374,10 +394,6 @@ static __always_inline void tw_timer_expired(u64 timer, u64 function, u64 expire
 }
 #endif /* TRACK_TIME_WAIT */
 
-#ifdef ATTACH_TP_BTF
-/* bcc's helpers.h declares this helper with an int result, which truncates the cookie. */
-static u64 (*socket_cookie)(const void *sk) = (void *)BPF_FUNC_get_socket_cookie;
-#endif
 
 /* One state change of one socket, as both attach modes see it. */
 struct change {
@@ -386,9 +402,84 @@ struct change {
     u32 newstate;
     u64 now;
     u64 dwell_ns;             /* time in oldstate, 0 when unknown */
+    u64 cookie;               /* tp_btf only */
     u32 slot;
     u8 close_wait_edge;       /* enters or leaves CLOSE_WAIT */
 };
+
+/* The socket's entry: find it, claim one for a new socket, update it, release it. */
+#ifdef ATTACH_TP_BTF
+/* bcc's helpers.h declares this helper with an int result, which truncates the cookie. */
+static u64 (*socket_cookie)(const void *sk) = (void *)BPF_FUNC_get_socket_cookie;
+#define ordered() asm volatile("" ::: "memory")
+
+static __always_inline struct entered *entry_row(struct change *c)
+{
+    u32 row = c->cookie & (SOCKET_SLOTS - 1);
+    return socket_table.lookup(&row);
+}
+
+static __always_inline struct entered *entry_find(struct change *c)
+{
+    c->cookie = socket_cookie(c->sk);
+    struct entered *row = entry_row(c);
+    return row && row->cookie == c->cookie ? row : 0;
+}
+
+static __always_inline void entry_claim(struct change *c)
+{
+    struct entered *row = entry_row(c);
+    if (!row)
+        return;
+    if (row->cookie) {
+        bump(C_SLOT_TAKEN);
+        return;
+    }
+    row->ns = c->now;
+    row->slot = c->slot;
+    ordered();
+    row->state = c->newstate;
+    ordered();
+    row->cookie = c->cookie;
+}
+
+static __always_inline void entry_update(struct entered *entry, struct change *c)
+{
+    entry->ns = c->now;
+    ordered();
+    entry->state = c->newstate;
+}
+
+static __always_inline void entry_release(struct entered *entry, struct change *c)
+{
+    entry->cookie = 0;
+}
+#else
+static __always_inline struct entered *entry_find(struct change *c)
+{
+    u64 key = (u64)c->sk;
+    return socket_states.lookup(&key);
+}
+
+static __always_inline void entry_claim(struct change *c)
+{
+    u64 key = (u64)c->sk;
+    struct entered fresh = {.ns = c->now, .state = c->newstate, .slot = c->slot};
+    socket_states.update(&key, &fresh);
+}
+
+static __always_inline void entry_update(struct entered *entry, struct change *c)
+{
+    entry->ns = c->now;            /* in place: cheaper than replacing the element */
+    entry->state = c->newstate;
+}
+
+static __always_inline void entry_release(struct entered *entry, struct change *c)
+{
+    u64 key = (u64)c->sk;
+    socket_states.delete(&key);
+}
+#endif
 
 /* Counts and times the change. Returns 1 when the change also needs the socket's identity
  * (its 4-tuple, cookie, namespace): entering or leaving CLOSE_WAIT, or any change when
@@ -401,8 +492,7 @@ static __always_inline int on_state(struct change *c, u16 sport, u16 dport)
     u64 now = bpf_ktime_get_ns();
     c->now = now;
 
-    u64 key = (u64)c->sk;
-    struct entered *entry = socket_states.lookup(&key);
+    struct entered *entry = entry_find(c);
     u32 slot = entry ? entry->slot : netns_slot(sock_netns(c->sk));
     c->slot = slot;
     struct netns_stats *stats = stats_of(slot);
@@ -420,20 +510,20 @@ static __always_inline int on_state(struct change *c, u16 sport, u16 dport)
         }
         if (newstate == TCP_CLOSE) {
             if (entry)
-                socket_states.delete(&key);
-        } else if (entry) {           /* in place: cheaper than replacing the element */
-            entry->ns = now;
-            entry->state = newstate;
+                entry_release(entry, c);
+        } else if (entry) {
+            entry_update(entry, c);
         } else {
-            struct entered fresh = {.ns = now, .state = newstate, .slot = slot};
-            socket_states.update(&key, &fresh);
+            entry_claim(c);
         }
     }
 
-    c->close_wait_edge = (newstate == TCP_CLOSE_WAIT) != (oldstate == TCP_CLOSE_WAIT);
 #ifdef EMIT_EVENTS
     return 1;
+#elif defined(ATTACH_TP_BTF)
+    return 0;   /* CLOSE_WAIT entry times are the socket's own entry, found by cookie */
 #else
+    c->close_wait_edge = (newstate == TCP_CLOSE_WAIT) != (oldstate == TCP_CLOSE_WAIT);
     return c->close_wait_edge;
 #endif
 }
@@ -448,28 +538,23 @@ static __always_inline int needs_tuple(void)
 #endif
 }
 
-/* The rare part of a change: CLOSE_WAIT entry times, trace events. */
+/* The rare part of a change: CLOSE_WAIT entry times (classic tracepoints), trace events. */
 static __always_inline void on_identity(void *ctx, const struct change *c, struct tuple *t)
 {
     u32 oldstate = c->oldstate, newstate = c->newstate;
     t->netns = sock_netns(c->sk);
-#ifdef ATTACH_TP_BTF
-    u64 cookie = socket_cookie(c->sk);
-    close_wait_key cw_key = cookie;
-#else
-    u64 cookie = 0;
-    close_wait_key cw_key = *t;
-#endif
+#ifndef ATTACH_TP_BTF
     if (c->close_wait_edge) {
         if (newstate == TCP_CLOSE_WAIT) {
             struct close_wait_value value = {.ns = c->now, .netns = t->netns};
-            close_wait_entered.update(&cw_key, &value);
+            close_wait_entered.update(t, &value);
         } else {
-            close_wait_entered.delete(&cw_key);
+            close_wait_entered.delete(t);
         }
     }
+#endif
 #ifdef EMIT_EVENTS
-    struct event ev = {.ts_ns = c->now, .dwell_ns = c->dwell_ns, .cookie = cookie, .tuple = *t,
+    struct event ev = {.ts_ns = c->now, .dwell_ns = c->dwell_ns, .cookie = c->cookie, .tuple = *t,
                        .oldstate = oldstate, .newstate = newstate};
     events.perf_submit(ctx, &ev, sizeof(ev));
 #endif
