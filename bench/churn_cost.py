@@ -2,7 +2,7 @@
 """What attaching costs a connection-heavy workload: tcpwatch in each attach mode, against
 bcc's tcpstates and against the floor (a program on the same hook that only counts).
 
-    .venv/bin/python bench/churn_cost.py [--seconds 20] [--slice 0.25] [--rounds 3] [--no-stats]
+    .venv/bin/python bench/churn_cost.py [--seconds 20] [--slice 0.25] [--rounds 5] [--no-stats]
 
 bench/churn.c (compiled here with gcc) opens and closes loopback connections in one thread
 as fast as it can, 10 state transitions each, for a bounded time and count, in a fresh
@@ -16,11 +16,14 @@ shows the method's own error. In process:
   - the floor: one per-CPU counter per (from, to) on inet_sock_set_state, tp_btf and classic;
   - tcpwatch's program in each attach mode, with and without TIME_WAIT timing, loaded once
     and attached/detached by its links (tp_btf) or bcc's tracepoint attachments (classic).
-As processes, started and stopped around runs, in pairs of runs with and without, the order
-alternating (median and quartiles over pairs):
-  - `tcpwatch run` (tp_btf, everything on), scraped every second: its CPU is measured during
-    the churn and during as long an idle time, to show it does not grow with the rate;
-  - tcpstates-bpfcc.
+tcpstates-bpfcc cannot be toggled like that: it is started and stopped around runs, in pairs
+of runs with and without it, the order alternating (median and quartiles over pairs). Its
+loss is large enough for that coarser method.
+
+`tcpwatch run` loads the same program as the in-process tcpwatch tp_btf; what it adds is its
+own CPU, on another core. It runs (scraped every second) through one churn run and then as
+long an idle time, and its CPU is measured in both, to show that it does not grow with the
+connection rate. (Start/stop pairs around a daemon measure mostly this machine's drift.)
 Printed: the ratio and its quartiles, the extra kernel time per transition derived from it,
 the daemon's CPU, and tcpwatch's lost throughput as a fraction of tcpstates'.
 
@@ -48,14 +51,8 @@ sys.path.insert(0, str(ROOT))
 
 from tcpwatch.sources import bpf, btf  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TRANSITIONS_PER_CONNECTION = 10
 _runs = iter(range(1 << 30))
-
-
-def cpu_seconds(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def churn(binary, seconds):
@@ -210,25 +207,12 @@ class Tcpstates:
 class AsProcess:
     """Attach = start the tool's process, detach = stop it."""
 
-    def __init__(self, factory, idle_cpu=False):
+    def __init__(self, factory):
         self.factory = factory
-        self.idle_cpu = idle_cpu
         self.tool = None
-        self.cpu = []        # (CPU during an attached run, CPU during as long idle) per run, in s/s
 
     def attach(self):
         self.tool = self.factory()
-        self.pid = self.tool.proc.pid
-        self._cpu0 = cpu_seconds(self.pid)
-
-    def after_run(self, seconds):
-        busy = (cpu_seconds(self.pid) - self._cpu0) / seconds
-        idle = None
-        if self.idle_cpu:
-            start = cpu_seconds(self.pid)
-            time.sleep(seconds)
-            idle = (cpu_seconds(self.pid) - start) / seconds
-        self.cpu.append((busy, idle))
 
     def detach(self):
         if self.tool:
@@ -250,7 +234,6 @@ def paired(binary, seconds, pairs, tool):
                     tool.attach()
                 got[attached] = churn(binary, seconds)
                 if attached:
-                    getattr(tool, "after_run", lambda s: None)(seconds)
                     tool.detach()
             ratios.append(got[True] / got[False])
             rates.append(got[False])
@@ -321,6 +304,28 @@ class NoOp:
     detach = close = attach
 
 
+def daemon_cpu(binary, seconds):
+    """CPU of `tcpwatch run` (tp_btf, scraped every second) during a churn run and during as
+    long an idle time, in CPU seconds per second, from the kernel's per-thread run time."""
+    daemon = Tcpwatch("--collector.bpf.attach", "tp_btf")
+    try:
+        time.sleep(3)   # past start-up
+        start = run_time(daemon.proc.pid)
+        rate = churn(binary, seconds)
+        busy = (run_time(daemon.proc.pid) - start) / seconds
+        start = run_time(daemon.proc.pid)
+        time.sleep(seconds)
+        idle = (run_time(daemon.proc.pid) - start) / seconds
+    finally:
+        daemon.close()
+    return busy, idle, rate
+
+
+def run_time(pid):
+    """Seconds on CPU of every thread of a process (schedstat: ns, unlike /proc/PID/stat's ticks)."""
+    return sum(int((task / "schedstat").read_text().split()[0]) for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
+
+
 # --- per-program cost ---------------------------------------------------------------------------
 
 def program_stats(pid):
@@ -369,7 +374,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20, help="churn run per in-process tool")
     parser.add_argument("--slice", type=float, default=0.25, help="attach/detach period in that run")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per in-process tool")
+    parser.add_argument("--rounds", type=int, default=5, help="runs per in-process tool")
     parser.add_argument("--process-seconds", type=float, default=2.0, help="churn run per process pair")
     parser.add_argument("--process-pairs", type=int, default=7, help="pairs for the daemon and tcpstates")
     parser.add_argument("--no-stats", action="store_true", help="skip the per-program bpf_stats pass")
@@ -383,9 +388,7 @@ def main():
         ("tcpwatch tracepoint", lambda: InProcess.tcpwatch("tracepoint", True)),
         ("tcpwatch tracepoint, no TIME_WAIT", lambda: InProcess.tcpwatch("tracepoint", False)),
     ]
-    daemon = AsProcess(lambda: Tcpwatch("--collector.bpf.attach", "tp_btf"), idle_cpu=True)
-    as_process = [("`tcpwatch run` (tp_btf, scraped 1/s)", lambda: daemon),
-                  ("tcpstates-bpfcc", lambda: AsProcess(Tcpstates))]
+    as_process = [("tcpstates-bpfcc", lambda: AsProcess(Tcpstates))]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         binary = os.path.join(tmp, "churn")
@@ -399,6 +402,7 @@ def main():
             results.append((label, ratio, low, high, rate))
         for label, make in as_process:
             results.append((label, *paired(binary, args.process_seconds, args.process_pairs, make())))
+        busy, idle, busy_rate = daemon_cpu(binary, args.seconds)
         stats = []
         if not args.no_stats:
             for mode in ("tp_btf", "tracepoint"):
@@ -413,11 +417,10 @@ def main():
         extra = (1 / ratio - 1) / rate / TRANSITIONS_PER_CONNECTION * 1e9
         print(f"{label:40} {ratio:>6.3f}x {low:>6.3f}-{high:<6.3f} {extra:>14.0f} {rate:>18.0f}")
     lost = {label: 1 - ratio for label, ratio, *_ in results}
-    for label in ("tcpwatch tp_btf", "`tcpwatch run` (tp_btf, scraped 1/s)"):
-        print(f"lost throughput, {label} / tcpstates-bpfcc: {lost[label] / lost['tcpstates-bpfcc']:.3f}")
-    busy = statistics.median(c for c, _ in daemon.cpu)
-    idle = statistics.median(i for _, i in daemon.cpu)
-    print(f"`tcpwatch run` CPU: {busy * 100:.1f}% during churn, {idle * 100:.1f}% idle (medians)")
+    print(f"lost throughput, tcpwatch tp_btf / tcpstates-bpfcc: "
+          f"{lost['tcpwatch tp_btf'] / lost['tcpstates-bpfcc']:.3f}")
+    print(f"`tcpwatch run` (tp_btf, scraped 1/s) CPU: {busy * 100:.2f}% during {args.seconds:g} s of churn "
+          f"({busy_rate:.0f} conn/s), {idle * 100:.2f}% during as long idle")
     for mode, rate, rows in stats:
         print(f"\nbpf_stats, tcpwatch {mode}, TIME_WAIT timing on ({rate:.0f} conn/s with stats on):")
         print(f"  {'program':18} {'runs/conn':>10} {'ns/run':>8} {'ns/conn':>8}")

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
         if args.command == "doctor":
             from .doctor import doctor
 
-            return doctor()
+            return doctor(args.bpf_btf)
         return snapshot(args)
     except ConfigError as exc:
         print(f"tcpwatch: error: {exc}", file=sys.stderr)

@@ -218,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--duration", type=_seconds, help="stop after this many seconds")
     trace.add_argument("--attach", type=_attach_mode, default="auto",
                        help="how to attach: auto, tp_btf or tracepoint (as --collector.bpf.attach)")
-    commands.add_parser("doctor", help="check what eBPF needs here and how to fix what is missing")
+    doctor = commands.add_parser("doctor", help="check what eBPF needs here and how to fix what is missing")
+    doctor.add_argument("--collector.bpf.btf", dest="bpf_btf", default=BTF_PATH,
+                        help="the kernel's BTF to check (as for tcpwatch run)")
     snap = commands.add_parser("snapshot", help="print one dump for a person")
     snap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     snap.add_argument("--top", type=_non_negative, default=10, help="rows in the owners and queues tables")

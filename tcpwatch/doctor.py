@@ -34,13 +34,13 @@ def _checks():
            "set kernel.kptr_restrict=0 or run as root; without it TIME_WAIT is not timed")
 
 
-def _optional_checks():
+def _optional_checks(btf_path: str):
     """What only one attach mode needs: a failure here picks the other mode, not 'no eBPF'."""
     try:
-        bpf.kernel_layout()
-        yield (f"kernel BTF at {btf.VMLINUX} describes what the program reads (tp_btf mode)", True, "")
+        bpf.kernel_layout(btf_path)
+        yield (f"kernel BTF at {btf_path} describes what the program reads (tp_btf mode)", True, "")
     except btf.BtfError as exc:
-        yield (f"kernel BTF at {btf.VMLINUX} (tp_btf mode, namespace inodes)", False,
+        yield (f"kernel BTF at {btf_path} (tp_btf mode, namespace inodes, TIME_WAIT timing)", False,
                f"{exc}; needs CONFIG_DEBUG_INFO_BTF=y (tcpwatch falls back to the classic tracepoints)")
     mounted = os.path.ismount(bpf.TRACEFS)
     yield (f"tracefs mounted on {bpf.TRACEFS} (tracepoint mode)", mounted,
@@ -56,16 +56,16 @@ def _has_bpf_privilege() -> bool:
         return False
 
 
-def doctor() -> int:
+def doctor(btf_path: str = btf.VMLINUX) -> int:
     ok_all = True
     for name, ok, fix in _checks():
         print(f"[{'pass' if ok else 'FAIL'}] {name}" + ("" if ok else f"\n       fix: {fix}"))
         ok_all = ok_all and ok
-    for name, ok, fix in _optional_checks():
+    for name, ok, fix in _optional_checks(btf_path):
         print(f"[{'pass' if ok else 'warn'}] {name}" + ("" if ok else f"\n       fix: {fix}"))
     if ok_all:
         try:
-            program = bpf.BpfProgram(max_sockets=1024)
+            program = bpf.BpfProgram(max_sockets=1024, btf_path=btf_path)
             choice = program.attach
             program.close()
             print(f"[pass] the eBPF program compiles, loads and detaches: attach mode {choice.mode}")

@@ -219,3 +219,33 @@ def test_auto_without_btf_falls_back_to_tracepoints_with_one_warning(two_netns):
         assert daemon.stop() == 0
     warnings = [line for line in daemon.log if "level=warn" in line]
     assert len(warnings) == 1 and "tp_btf not used" in warnings[0], warnings
+
+
+def test_a_leaked_close_wait_keeps_its_row_while_churn_wraps_the_socket_table(two_netns):
+    """tp_btf with a 64-row socket table: 300 connections cycle through the rows many times,
+    a leaked CLOSE_WAIT socket's row is never taken over, so its age stays exact; new sockets
+    that land on a held row are counted as slot_taken."""
+    a, _ = two_netns
+    daemon = Daemon("--ebpf", "on", "--collector.bpf.attach", "tp_btf", "--collector.bpf.max-sockets", "64",
+                    "--collector.bpf.ports", "21840-21849", netns=a)
+    try:
+        leak = Workload("leak", netns=a, comm="cw_wrap", count=3, **{"listen-port": 21841})
+        time.sleep(1.0)
+        Workload("churn", netns=a, count=300, **{"listen-port": 21842}).stop()
+        samples = daemon.scrape()
+        assert value(samples, "tcpwatch_state_transitions_total", **{"from": "last_ack", "to": "close"}) == 300
+        assert 1.0 <= value(samples, "tcpwatch_state_oldest_age_seconds", state="close_wait", process="cw_wrap") <= 5
+        assert value(samples, "tcpwatch_ebpf_untracked_total", reason="slot_taken") > 0
+        leak.stop()
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_doctor_names_the_attach_mode_and_why_it_falls_back():
+    ok = subprocess.run([PYTHON, "-m", "tcpwatch", "doctor"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout
+    assert "attach mode tp_btf" in ok.stdout
+    fallback = subprocess.run([PYTHON, "-m", "tcpwatch", "doctor", "--collector.bpf.btf", "/nonexistent/vmlinux"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert fallback.returncode == 0, fallback.stdout + fallback.stderr
+    assert "attach mode tracepoint" in fallback.stdout and "no_btf" in fallback.stdout, fallback.stdout
