@@ -77,9 +77,6 @@ enum tcpwatch_sk_rst_reason { TCPWATCH_SK_RST_REASON_UNREAD = 0 };
 #ifndef MAX_NETNS
 #define MAX_NETNS 128       /* namespace slots, slot 0 included */
 #endif
-#ifndef TW_PAIR_WINDOW_NS
-#define TW_PAIR_WINDOW_NS 100000   /* ns between timer_start and the -> CLOSE event it pairs with */
-#endif
 
 #define NSTATES 16          /* kernel TCP states fit in 4 bits (TCP_MAX_STATES = 14) */
 /* Histogram slots: slot 0 holds stays under 2^HIST_FIRST ns, slot j stays in
@@ -93,16 +90,10 @@ enum tcpwatch_sk_rst_reason { TCPWATCH_SK_RST_REASON_UNREAD = 0 };
 #endif
 #define HIST_SLOTS (HIST_LAST - HIST_FIRST + 2)
 
-#define TCP_ESTABLISHED 1
-#define TCP_SYN_SENT 2
-#define TCP_SYN_RECV 3
-#define TCP_FIN_WAIT1 4
-#define TCP_FIN_WAIT2 5
 #define TCP_TIME_WAIT 6
 #define TCP_CLOSE 7
 #define TCP_CLOSE_WAIT 8
 #define TCP_LISTEN 10
-#define TCP_CLOSING 11
 
 /* Indexes of the global counters; mirrored in tcpwatch/sources/bpf.py. */
 #define C_UNKNOWN_SOCKET 0    /* left a state we never saw it enter (before attach, or evicted) */
