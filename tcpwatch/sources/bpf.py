@@ -214,7 +214,7 @@ class BpfProgram:
             self.attach = AttachChoice("tp_btf", "requested" if attach == "tp_btf" else "btf")
         if self.attach.mode == "tp_btf":
             try:
-                self._load(cflags + ["-DATTACH_TP_BTF"], offsets, ids, hooks)
+                self._load(cflags + ["-DATTACH_TP_BTF"], offsets, ids, hooks, tp_btf=True)
             except BpfUnavailable as exc:
                 self.close()
                 if attach == "tp_btf":
@@ -222,7 +222,7 @@ class BpfProgram:
                 self.attach = AttachChoice("tracepoint", "tp_btf_refused", str(exc))
         if self.attach.mode == "tracepoint":
             check_tracefs()
-            self._load(cflags, offsets, {}, ())
+            self._load(cflags, offsets, {}, (), tp_btf=False)
         if self.attach.detail:
             lost = ("; without BTF there are no namespace inodes (netns 0) and no time_wait timing"
                     if layout_error else "")
@@ -230,7 +230,7 @@ class BpfProgram:
                         extra={"reason": self.attach.detail})
         self._release_compiler_memory()
 
-    def _load(self, cflags: list, offsets: dict, ids: dict, hooks) -> None:
+    def _load(self, cflags: list, offsets: dict, ids: dict, hooks, tp_btf: bool) -> None:
         """Compile with bcc; in tp_btf mode also load and attach each hook ourselves."""
         from bcc import BPF
 
@@ -259,7 +259,7 @@ class BpfProgram:
         self._stats_fd = self.bpf[b"netns_stats"].map_fd
         self._slots = self.bpf[b"netns_slots"]
         self._counters = self.bpf[b"counters"]
-        if hooks:   # tp_btf: the socket table, mapped read-only
+        if tp_btf:   # the socket table, mapped read-only
             import mmap
 
             self._socket_table = mmap.mmap(self.bpf[b"socket_table"].map_fd, self.socket_slots * SOCKET_ROW.size,
