@@ -39,8 +39,9 @@ class Ownership:
     close_wait_owner: dict = field(default_factory=dict)                 # cookie -> process
 
 
-def attribute(snap: DiagSnapshot, owners: Mapping[int, str]) -> Ownership:
-    """Give every socket of the dump to a process name or a placeholder.
+def attribute(snap: DiagSnapshot, owners: Mapping, unknown=UNKNOWN_OWNER, kernel=KERNEL_HELD) -> Ownership:
+    """Give every socket of the dump to an owner (a process name, or any key the caller
+    made of it) or a placeholder: ``unknown`` or ``kernel``.
 
     Sockets with an fd go to the process holding it. Sockets without one (inode 0) that can
     still be in an accept queue go to the listener's process; the rest are the kernel's,
@@ -48,14 +49,14 @@ def attribute(snap: DiagSnapshot, owners: Mapping[int, str]) -> Ownership:
     """
     result = Ownership()
     get = owners.get
-    pairs = Counter((get(inode, UNKNOWN_OWNER), state) for inode, state in snap.inode_states.items())
+    pairs = Counter((get(inode, unknown), state) for inode, state in snap.inode_states.items())
     index = ListenerIndex(snap.listeners)
 
     def listener_owner(endpoint):
         listener = index.find(endpoint)
         if listener is None:
-            return KERNEL_HELD
-        return get(listener.inode, UNKNOWN_OWNER)
+            return kernel
+        return get(listener.inode, unknown)
 
     with_fd = Counter(snap.inode_states.values())
     for (endpoint, state), count in snap.unaccepted.items():
@@ -63,33 +64,43 @@ def attribute(snap: DiagSnapshot, owners: Mapping[int, str]) -> Ownership:
         with_fd[state] += count
     for state, total in snap.per_state().items():
         if total > with_fd[state]:
-            pairs[(KERNEL_HELD, state)] += total - with_fd[state]
+            pairs[(kernel, state)] += total - with_fd[state]
     for (process, state), count in pairs.items():
         result.sockets[process][state] += count
     for sock in snap.close_wait:
         if sock.inode:
-            result.close_wait_owner[sock.cookie] = get(sock.inode, UNKNOWN_OWNER)
+            result.close_wait_owner[sock.cookie] = get(sock.inode, unknown)
         else:
             result.close_wait_owner[sock.cookie] = listener_owner(sock.endpoint)
     return result
 
 
-def top_names(weights: Mapping[str, float], limit: int) -> set:
+PLACEHOLDERS = (KERNEL_HELD, UNKNOWN_OWNER)
+
+
+def is_placeholder(name) -> bool:
+    return name in PLACEHOLDERS
+
+
+def top_names(weights: Mapping, limit: int, placeholder=is_placeholder) -> set:
     """The ``limit`` heaviest names, ties broken by name so the choice is stable.
 
-    Placeholders are always kept and do not use up the limit: there are only two of them.
+    Placeholders are always kept and do not use up the limit: there are only two of them
+    (per namespace, when names are keyed by namespace).
     """
-    placeholders = {n for n in weights if n in (KERNEL_HELD, UNKNOWN_OWNER)}
+    placeholders = {n for n in weights if placeholder(n)}
     ranked = sorted((n for n in weights if n not in placeholders), key=lambda n: (-weights[n], n))
     return placeholders | set(ranked[:limit])
 
 
-def cap_process_sockets(sockets: Mapping[str, Counter], limit: int) -> dict:
-    """Per-process state counts with everything past the top ``limit`` summed under ``other``."""
-    keep = top_names({p: sum(c.values()) for p, c in sockets.items()}, limit)
+def cap_process_sockets(sockets: Mapping, limit: int, other=lambda name: OTHER,
+                        placeholder=is_placeholder) -> dict:
+    """Per-process state counts with everything past the top ``limit`` summed under
+    ``other(name)`` (``other`` for plain names)."""
+    keep = top_names({p: sum(c.values()) for p, c in sockets.items()}, limit, placeholder)
     capped = {}
     for process, counts in sockets.items():
-        target = process if process in keep else OTHER
+        target = process if process in keep else other(process)
         capped.setdefault(target, Counter()).update(counts)
     return capped
 
@@ -110,7 +121,7 @@ class FirstSeen:
 
 
 def oldest_close_wait(snap: DiagSnapshot, ownership: Ownership, first_seen: Mapping[int, float],
-                      now: float, limit: int) -> dict:
+                      now: float, limit: int, unknown=UNKNOWN_OWNER) -> dict:
     """Age in seconds of the oldest CLOSE_WAIT socket per process, capped like the counts.
 
     Processes are ranked by how many CLOSE_WAIT sockets they hold, so a leaking process is
@@ -118,11 +129,13 @@ def oldest_close_wait(snap: DiagSnapshot, ownership: Ownership, first_seen: Mapp
     """
     oldest, counts = {}, Counter()
     for sock in snap.close_wait:
-        process = ownership.close_wait_owner.get(sock.cookie, UNKNOWN_OWNER)
+        process = ownership.close_wait_owner.get(sock.cookie, unknown)
         age = now - first_seen.get(sock.cookie, now)
         counts[process] += 1
         if age > oldest.get(process, -1.0):
             oldest[process] = age
+    if limit is None:   # the caller caps
+        return oldest, counts
     keep = top_names(counts, limit)
     capped = {}
     for process, age in oldest.items():

@@ -50,7 +50,8 @@ def run(settings) -> int:
 
     from . import logs, server, systemd, webconfig
     from .collector import CollectorOptions, ServerCollector, TcpCollector
-    from .sources import inet_diag, processes, sysctl
+    from .scan import NamespaceScanner
+    from .sources import processes
 
     logs.configure(settings.log_level, settings.log_format)
     _name_process("tcpwatch")
@@ -69,10 +70,12 @@ def run(settings) -> int:
         program = _load_ebpf(settings)
         registry = CollectorRegistry()
         options = CollectorOptions(settings.process_enabled, settings.process_max_series,
-                                   settings.listen_max_ports)
-        registry.register(TcpCollector(options, inet_diag.dump, processes.scan,
+                                   settings.listen_max_ports, settings.netns_max_series)
+        scanner = NamespaceScanner(all_namespaces=settings.netns_enabled)
+        registry.register(TcpCollector(options, scanner.scan, processes.scan,
                                        bpf_read=program.read if program else None,
-                                       ephemeral_ports=sysctl.ephemeral_ports))
+                                       container_of=scanner.container_of,
+                                       bpf_release=program.release_stale_netns if program else None))
         registry.register(ProcessCollector(registry=None))
         registry.register(ServerCollector(http.stats))
         server.set_registry(http, registry)
@@ -147,12 +150,24 @@ def _name_process(name: str) -> None:
 
 def snapshot(args) -> int:
     from . import report
-    from .sources import inet_diag, processes
+    from .scan import NamespaceScanner
+    from .sources import processes
 
-    snap = inet_diag.dump(want_owners=True)
-    owners = processes.scan(snap.inode_states.keys()).owners
-    result = report.build(snap, owners, args.top)
-    print(json.dumps(result) if args.json else report.render_text(result))
+    scanner = NamespaceScanner()
+    try:
+        scan = scanner.scan(want_owners=True)
+        dumps = scan.dumps
+        if args.netns is not None:
+            dumps = [d for d in dumps if d.info.name == args.netns]
+            if not dumps:
+                names = ", ".join(sorted(d.info.name for d in scan.dumps))
+                raise ConfigError(f"--netns {args.netns!r}: no such network namespace readable here "
+                                  f"(found: {names})")
+        owners = processes.scan(set().union(*(d.snap.inode_states.keys() for d in dumps))).owners
+        result = report.build_all(dumps, owners, args.top, unreadable=scan.unreadable)
+    finally:
+        scanner.close()
+    print(json.dumps(result) if args.json else report.render_all(result))
     return 0
 
 

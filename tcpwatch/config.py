@@ -132,6 +132,8 @@ class RunSettings:
     bpf_attach: str
     bpf_max_netns: int
     bpf_btf: str
+    netns_enabled: bool
+    netns_max_series: int
 
 
 def _port(text) -> int:
@@ -176,7 +178,10 @@ _RUN_OPTIONS = (
     ("--collector.process.max-series", "process_max_series", _non_negative, 20,
      "process names exported before the rest are summed under process=\"other\""),
     ("--collector.listen.max-ports", "listen_max_ports", _non_negative, 64,
-     "listening ports exported before the rest are summed under port=\"other\""),
+     "listening ports exported per network namespace before the rest are summed under port=\"other\""),
+    ("--collector.netns.max-series", "netns_max_series", _non_negative, 128,
+     "network namespaces exported by name (those with the most sockets; host always) before "
+     "the rest are summed under netns=\"other\""),
     ("--ebpf", "ebpf", _ebpf_mode, "auto",
      "auto: use eBPF when it loads, else warn and go on without; on: exit 2 if it cannot load; off"),
     ("--collector.bpf.max-sockets", "bpf_max_sockets", _max_sockets, 65536,
@@ -194,6 +199,8 @@ _RUN_OPTIONS = (
 )
 _BOOL_OPTIONS = (
     ("--collector.process", "process_enabled", True, "attribute sockets to processes (walks /proc/*/fd)"),
+    ("--collector.netns", "netns_enabled", True,
+     "read every network namespace on the host (needs CAP_SYS_ADMIN); off: tcpwatch's own only"),
     ("--collector.bpf.time-wait", "bpf_time_wait", True,
      "time TIME_WAIT sockets through the kernel's timer tracepoints"),
 )
@@ -224,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     snap = commands.add_parser("snapshot", help="print one dump for a person")
     snap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     snap.add_argument("--top", type=_non_negative, default=10, help="rows in the owners and queues tables")
+    snap.add_argument("--netns", metavar="NAME", help="only this network namespace (its netns label: "
+                      "host, NAMESPACE/POD, a container or ip netns name)")
     return parser
 
 

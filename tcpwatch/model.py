@@ -121,3 +121,38 @@ class BpfReading:
         key = sock.tuple_key()
         entered = self.close_wait_entered_ns.get((netns,) + key)
         return entered if entered is not None else self.close_wait_entered_ns.get((0,) + key)
+
+
+@dataclass(frozen=True)
+class NetnsInfo:
+    """A network namespace and the name it is exported under (see namespaces.py)."""
+
+    inode: int
+    name: str
+    kind: str                  # host, pod, container, named, unnamed
+    runtime: str = ""
+    pod_namespace: str = ""
+    pod: str = ""
+    container_id: str = ""
+
+
+@dataclass
+class NetnsDump:
+    """What one scrape read in one namespace."""
+
+    info: NetnsInfo
+    snap: DiagSnapshot
+    kernel_counters: dict = field(default_factory=dict)   # {"TcpExt": {name: n}, "Tcp": {...}}
+    ephemeral_ports: int = -1                            # -1: not readable
+
+
+@dataclass
+class NetnsScan:
+    """Every namespace of one scrape: those read, and what could not be."""
+
+    dumps: list = field(default_factory=list)             # [NetnsDump]
+    infos: dict = field(default_factory=dict)             # inode -> NetnsInfo, every one found
+    unreadable: int = 0                                   # namespaces found but not read
+    failures: Counter = field(default_factory=Counter)    # reason -> namespaces, this scrape
+    complete: bool = True                                 # every process's namespace was seen
+    seconds: dict = field(default_factory=dict)           # "netns" (discovery, names), "inet_diag" (dumps)

@@ -47,3 +47,25 @@ def render_text(report: dict) -> str:
     else:
         lines.append("  none")
     return "\n".join(lines)
+
+
+def build_all(dumps, owners, top: int, unreadable: int = 0) -> dict:
+    """One report per network namespace, host first, then by socket count."""
+    ordered = sorted(dumps, key=lambda d: (d.info.kind != "host", -d.snap.total(), d.info.name))
+    return {
+        "namespaces": [dict(netns=d.info.name, kind=d.info.kind, inode=d.info.inode,
+                            pod=f"{d.info.pod_namespace}/{d.info.pod}" if d.info.pod else None,
+                            **build(d.snap, owners, top)) for d in ordered],
+        "unreadable_namespaces": unreadable,
+    }
+
+
+def render_all(report: dict) -> str:
+    parts = []
+    for ns in report["namespaces"]:
+        title = f"== netns {ns['netns']} ({ns['kind']}, inode {ns['inode']}) =="
+        parts.append(title + "\n" + render_text(ns))
+    if report["unreadable_namespaces"]:
+        parts.append(f"({report['unreadable_namespaces']} network namespaces could not be read: "
+                     "tcpwatch needs CAP_SYS_ADMIN to enter them)")
+    return "\n\n".join(parts)

@@ -29,6 +29,23 @@ def trace(args) -> int:
                                  track_time_wait=False, emit_events=True, attach=args.attach)
     except bpf.BpfUnavailable as exc:
         raise ConfigError(f"trace needs eBPF: {exc}") from None
+    from .scan import NamespaceScanner
+
+    scanner = NamespaceScanner()
+    names = {}
+    refreshed = [float("-inf")]
+
+    def netns_name(inode: int) -> str:
+        """The netns label (as in the metrics); discovery runs again, at most once a second,
+        when a namespace not seen yet shows up."""
+        if not inode:
+            return "unknown"
+        if inode not in names and time.monotonic() - refreshed[0] >= 1.0:
+            refreshed[0] = time.monotonic()
+            names.clear()
+            names.update((i, info.name) for i, info in scanner.names().items())
+        return names.get(inode, f"netns-{inode}")
+
     stopping = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.append(True))
@@ -47,6 +64,7 @@ def trace(args) -> int:
             "seconds_in_from": round(event.dwell_ns / 1e9, 6) if event.dwell_ns else None,
             # inode of the socket's network namespace (as /proc/PID/ns/net shows it); null if unknown
             "netns": t.netns or None,
+            "netns_name": netns_name(t.netns),
             # the socket cookie inet_diag reports (ss -e: sk:...); null in tracepoint mode
             "cookie": event.cookie or None,
         }
@@ -55,17 +73,18 @@ def trace(args) -> int:
         else:
             stamp = time.strftime("%H:%M:%S", time.localtime(record["time"])) + f".{int(record['time'] % 1 * 1e6):06d}"
             dwell = f"{record['seconds_in_from']:.6f}s" if record["seconds_in_from"] is not None else "-"
-            print(f"{stamp} {record['local']:>28} {record['remote']:>28} "
+            print(f"{stamp} {record['netns_name']:<20} {record['local']:>28} {record['remote']:>28} "
                   f"{record['from']:>11} -> {record['to']:<11} {dwell}", flush=True)
 
     deadline = time.monotonic() + args.duration if args.duration else None
     try:
         if not args.json:
-            print(f"{'TIME':15} {'LOCAL':>28} {'REMOTE':>28} {'FROM':>11}    {'TO':<11} IN FROM", flush=True)
+            print(f"{'TIME':15} {'NETNS':<20} {'LOCAL':>28} {'REMOTE':>28} {'FROM':>11}    {'TO':<11} IN FROM", flush=True)
         while not stopping and (deadline is None or time.monotonic() < deadline):
             program.poll_events(show, timeout_ms=100)
     except BrokenPipeError:
         pass
     finally:
         program.close()
+        scanner.close()
     return 0

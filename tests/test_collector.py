@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from helpers import parse_metrics, value
 from tcpwatch import histograms, states
 from tcpwatch.collector import CollectorOptions, TcpCollector
+from tcpwatch.scan import single_namespace
 from tcpwatch.model import BpfReading, CloseWaitSocket, NetnsActivity, DiagSnapshot, Endpoint, Listener
 from tcpwatch.sources.processes import OwnerScan
 
@@ -24,7 +25,7 @@ LOCAL = socket.inet_aton("127.0.0.1")
 
 
 def hand_built_snapshot():
-    snap = DiagSnapshot()
+    snap = DiagSnapshot(netns_inode=4026531840)
     for family in states.FAMILIES:
         for state in states.REPORTED:
             snap.counts[(family, state)] = 0
@@ -52,7 +53,7 @@ def hand_built_reading():
             duration_slots={states.SYN_SENT: slots},
             duration_sum_ns=Counter({states.SYN_SENT: 4 * 600_000}),
             counters=Counter({"retransmits": 7, "resets_sent": 1})),
-            0: NetnsActivity(counters=Counter({"resets_received": 3}))},   # summed with the first
+            0: NetnsActivity(counters=Counter({"resets_received": 3}))},   # unknown namespace: "other"
         counters={"unknown_socket": 2, "netns_tracked": 1},
         close_wait_entered_ns={40: 900 * 10**9})
 
@@ -67,8 +68,7 @@ class Clock:
 
 def registry_for(dump, scan, clock=None, options=CollectorOptions(), bpf_read=None):
     registry = CollectorRegistry()
-    collector = TcpCollector(options, dump, scan, clock or Clock(), bpf_read,
-                             ephemeral_ports=lambda: 28232)
+    collector = TcpCollector(options, single_namespace(dump, lambda: 28232), scan, clock or Clock(), bpf_read)
     registry.register(collector)
     return registry, collector
 

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from helpers import Daemon, series, value, wait_for
+from tcpwatch.scan import single_namespace
 from tcpwatch.collector import CollectorOptions, TcpCollector
 from tcpwatch.sources import inet_diag, processes
 
@@ -27,12 +28,14 @@ def nofile_limits(pid):
     return line.split()[3:5]
 
 
-def test_netlink_dump_failure_is_counted_and_recovers(netns, daemons, workloads):
+def test_scan_failure_is_counted_and_recovers(netns, daemons, workloads):
+    """Out of fds mid-run: the dump's netlink socket is kept open, so it is the namespace
+    discovery (listing /proc) that fails; nothing half-read is exported."""
     workloads("pairs", netns=netns, count=3)
     daemon = daemons("--ebpf", "off", netns=netns)
     pid = daemon.proc.pid
     assert value(daemon.scrape(), "tcpwatch_scrape_collector_success", collector="inet_diag") == 1
-    # Leave room for the scrape's own connection only: the dump's netlink socket gets EMFILE.
+    # Leave room for the scrape's own connection only: listing /proc gets EMFILE.
     soft, hard = nofile_limits(pid)
     subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={open_fds(pid) + 1}:{hard}"], check=True)
     failed = daemon.scrape()
@@ -79,7 +82,7 @@ def test_detached_program_reads_as_a_failure_not_as_zeros(netns):
     from tcpwatch.sources.bpf import BpfProgram
 
     program = BpfProgram(max_sockets=64, port_range=(21980, 21989), track_time_wait=False)
-    collector = TcpCollector(CollectorOptions(process_enabled=False), inet_diag.dump, processes.scan,
+    collector = TcpCollector(CollectorOptions(process_enabled=False), single_namespace(inet_diag.dump), processes.scan,
                              bpf_read=program.read)
     assert {f.name for f in collector.collect()} >= {"tcpwatch_state_transitions"}
     program.close()

@@ -1,12 +1,20 @@
 """tcpwatch's per-state counts equal ``ss -tan``'s for real sockets in a private netns."""
 
 import json
+import os
 
 import pytest
 
 from helpers import ss_counts, tcpwatch, wait_for
 
 pytestmark = pytest.mark.root
+
+
+def own_namespace(netns, *flags):
+    """The report of ``tcpwatch snapshot --json`` for the test's namespace, found by inode."""
+    inode = os.stat(f"/run/netns/{netns}").st_ino
+    report = json.loads(tcpwatch(netns, "snapshot", "--json", *flags).stdout)
+    return next(ns for ns in report["namespaces"] if ns["inode"] == inode)
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -17,7 +25,7 @@ def test_counts_match_ss_in_every_state(netns, workloads, family):
     label = f"ipv{family}"
 
     def agreed():
-        ours = json.loads(tcpwatch(netns, "snapshot", "--json").stdout)["sockets"][label]
+        ours = own_namespace(netns)["sockets"][label]
         theirs = ss_counts(netns, family)
         wanted = all(ours[state] == n for state, n in expected.items())
         return (ours, theirs) if ours == theirs and wanted else None
@@ -27,7 +35,7 @@ def test_counts_match_ss_in_every_state(netns, workloads, family):
     for state, n in expected.items():
         assert ours[state] == n, state
     other = "ipv6" if family == 4 else "ipv4"
-    assert sum(json.loads(tcpwatch(netns, "snapshot", "--json").stdout)["sockets"][other].values()) == 0
+    assert sum(own_namespace(netns)["sockets"][other].values()) == 0
 
 
 def test_snapshot_table_names_close_wait_owner_and_queue(netns, workloads):

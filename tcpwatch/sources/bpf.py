@@ -257,6 +257,8 @@ class BpfProgram:
         for slot in range(1, self.max_netns):
             free.push(ctypes.c_uint32(slot))
         self._stats_fd = self.bpf[b"netns_stats"].map_fd
+        self._last_fd = self.bpf[b"netns_last"].map_fd
+        self._stale = {}   # slot -> (inode, counters) of namespaces not found at the last release
         self._slots = self.bpf[b"netns_slots"]
         self._counters = self.bpf[b"counters"]
         if tp_btf:   # the socket table, mapped read-only
@@ -327,6 +329,39 @@ class BpfProgram:
         if lib.bpf_lookup_elem(self._stats_fd, ctypes.byref(key), buffer) < 0:
             raise BpfUnavailable(f"cannot read netns_stats[{slot}]: {os.strerror(ctypes.get_errno())}")
         return [sum(buffer[i::_STATS_WORDS]) for i in range(_STATS_WORDS)]
+
+    def release_stale_netns(self, live_inodes) -> int:
+        """Give back the slots of namespaces that are gone, for new ones to take.
+
+        A slot is released when its namespace was not found on the host (``live_inodes``) at
+        two calls in a row and its counters did not move between them: a namespace tcpwatch
+        cannot see (an unreadable /proc entry) but that still has traffic keeps its slot.
+        Returns the number of slots released.
+        """
+        from bcc.libbcc import lib
+
+        previous, current, released = self._stale, {}, 0
+        for key, value in list(self._slots.items()):
+            inode, slot = key.value, value.value
+            if inode in live_inodes:
+                continue
+            words = self._sum_stats(slot)
+            if previous.get(slot) != (inode, words):
+                current[slot] = (inode, words)
+                continue
+            # Order matters: unmap the inode first, so no new event resolves to the slot;
+            # then forget it in every CPU's cache, zero its counters, and free it.
+            self._slots.__delitem__(key)
+            zero_cache = (ctypes.c_uint64 * self._ncpus)()
+            if lib.bpf_update_elem(self._last_fd, ctypes.byref(ctypes.c_uint32(0)), zero_cache, 0) < 0:
+                raise BpfUnavailable(f"cannot clear netns_last: {os.strerror(ctypes.get_errno())}")
+            zero_stats = (ctypes.c_uint64 * (_STATS_WORDS * self._ncpus))()
+            if lib.bpf_update_elem(self._stats_fd, ctypes.byref(ctypes.c_uint32(slot)), zero_stats, 0) < 0:
+                raise BpfUnavailable(f"cannot clear netns_stats[{slot}]: {os.strerror(ctypes.get_errno())}")
+            self.bpf[b"free_slots"].push(ctypes.c_uint32(slot))
+            released += 1
+        self._stale = current
+        return released
 
     def poll_events(self, callback, timeout_ms: int = 200) -> None:
         """For ``tcpwatch trace`` only: per-event output through the perf buffer."""

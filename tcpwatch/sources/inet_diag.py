@@ -73,23 +73,37 @@ def _netns_inode() -> int:
         return 0
 
 
-def dump(want_owners: bool = True) -> DiagSnapshot:
-    """Dump every TCP socket of this network namespace, IPv4 then IPv6.
-
-    ``want_owners`` keeps the inode of each socket so that processes can be matched to it;
-    without it the dump keeps only counts, listeners and CLOSE_WAIT sockets.
-    """
-    snap = DiagSnapshot(netns_inode=_netns_inode())
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as sock:
+def open_socket() -> socket.socket:
+    """A NETLINK_SOCK_DIAG socket; it dumps the namespace the calling thread is in now."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+    try:
         sock.bind((0, 0))
-        for family, label in _FAMILIES:
-            sock.sendall(_request(family, next(_sequence)))
-            decoder = Decoder(label, snap, want_owners)
-            while not decoder.done:
-                data = sock.recv(_RECV_BYTES)
-                if not data:
-                    raise DumpError("netlink socket closed during the dump")
-                decoder.feed(data)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def dump(want_owners: bool = True, sock=None, netns_inode=None) -> DiagSnapshot:
+    """Dump every TCP socket of one network namespace, IPv4 then IPv6.
+
+    ``sock``: a socket from ``open_socket`` (its namespace is the one dumped); without one,
+    a fresh socket dumps this thread's namespace. ``want_owners`` keeps the inode of each
+    socket so that processes can be matched to it; without it the dump keeps only counts,
+    listeners and CLOSE_WAIT sockets.
+    """
+    if sock is None:
+        with open_socket() as fresh:
+            return dump(want_owners, fresh, _netns_inode())
+    snap = DiagSnapshot(netns_inode=netns_inode or 0)
+    for family, label in _FAMILIES:
+        sock.sendall(_request(family, next(_sequence)))
+        decoder = Decoder(label, snap, want_owners)
+        while not decoder.done:
+            data = sock.recv(_RECV_BYTES)
+            if not data:
+                raise DumpError("netlink socket closed during the dump")
+            decoder.feed(data)
     return snap
 
 

@@ -19,6 +19,7 @@ _SOCKET_PREFIX = "socket:["
 @dataclass
 class OwnerScan:
     owners: dict = field(default_factory=dict)   # inode -> process name (comm)
+    pids: dict = field(default_factory=dict)     # inode -> pid of that process
     processes: int = 0                           # processes looked at
     unreadable: int = 0                          # processes whose fds we were not allowed to read
 
@@ -54,6 +55,7 @@ def scan(wanted_inodes, proc_root: str = "/proc") -> OwnerScan:
             if comm is not None:
                 for inode in found:
                     owners[inode] = comm
+                    result.pids[inode] = pid
     return result
 
 

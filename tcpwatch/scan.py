@@ -1,0 +1,125 @@
+"""One scrape's view of every network namespace: discovery, names, and a dump of each.
+
+Glue between the sources (``sources/netns.py`` finds and enters namespaces,
+``sources/runtime.py`` names containers, ``sources/inet_diag.py`` dumps) and the pure
+naming rules of ``namespaces.py``. Degrades instead of failing: without CAP_SYS_ADMIN only
+tcpwatch's own namespace is read (one warning; ``tcpwatch_netns_unreadable`` counts the
+rest), and a namespace that vanishes mid-scrape is counted and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+from . import namespaces
+from .model import DiagSnapshot, NetnsDump, NetnsInfo, NetnsScan
+from .sources import inet_diag, netns, runtime
+
+log = logging.getLogger(__name__)
+
+
+class NamespaceScanner:
+    def __init__(self, all_namespaces: bool = True, proc_root: str = "/proc",
+                 named_dir: str = netns.NAMED_NETNS_DIR, runtimes=None):
+        self._all = all_namespaces
+        self._proc_root = proc_root
+        self._named_dir = named_dir
+        self._reader = netns.Reader(proc_root, named_dir)
+        self._runtimes = runtimes or runtime.Runtimes()
+        self._no_privilege = False
+        self._pid_containers = {}   # pid -> container id, for this scrape
+
+    def container_of(self, pid: int):
+        """The Container the process runs in, or None (cached for the scrape)."""
+        cid = self._pid_containers.get(pid)
+        if cid is None:
+            cid = self._pid_containers[pid] = runtime.container_id(pid, self._proc_root)
+        return self._runtimes.lookup(cid) if cid else None
+
+    def names(self) -> dict:
+        """{inode: NetnsInfo} of every namespace found now, without reading any of them."""
+        self._pid_containers = {}
+        self._runtimes.forget_unasked()
+        return self._discover()[1]
+
+    def _discover(self):
+        found = netns.discover(self._proc_root, self._named_dir)
+        if not self._all:   # --no-collector.netns: tcpwatch's own namespace only
+            found.namespaces = {found.own_inode: found.namespaces.get(found.own_inode, netns.NetnsRef(found.own_inode))}
+            found.host_inode = found.own_inode
+        infos = [namespaces.name_one(ref.inode, found.host_inode,
+                                     [self.container_of(pid) for pid in ref.pids], ref.bind_names)
+                 for ref in found.namespaces.values()]
+        return found, namespaces.unique(infos)
+
+    def scan(self, want_owners: bool) -> NetnsScan:
+        started = time.perf_counter()
+        self._pid_containers = {}
+        self._runtimes.forget_unasked()   # containers nobody asked about last scrape are gone
+        found, infos = self._discover()
+        result = NetnsScan(complete=found.unreadable_processes == 0, infos=infos)
+        named = time.perf_counter()
+        for inode, ref in sorted(found.namespaces.items(), key=lambda item: item[1].pids[:1] or [1 << 31]):
+            dumped = self._dump_one(ref, result.infos[inode], want_owners, result.failures)
+            if dumped is None:
+                result.unreadable += 1
+            else:
+                result.dumps.append(dumped)
+        self._reader.retire(set(found.namespaces))
+        result.seconds = {"netns": named - started, "inet_diag": time.perf_counter() - named}
+        return result
+
+    def _dump_one(self, ref, info: NetnsInfo, want_owners: bool, failures: Counter):
+        if self._no_privilege and ref.inode != self._reader_own_inode():
+            return None
+        try:
+            handles = self._reader.handles(ref)
+        except netns.NoPrivilege as exc:
+            self._no_privilege = True
+            log.warning("cannot enter other network namespaces: reading tcpwatch's own only "
+                        "(tcpwatch_netns_unreadable counts the rest)", extra={"error": str(exc)})
+            return None
+        except netns.NamespaceGone:
+            failures["vanished"] += 1
+            return None
+        except OSError as exc:
+            failures["error"] += 1
+            log.error("cannot open a network namespace", extra={"netns": info.name, "error": str(exc)})
+            return None
+        try:
+            snap = inet_diag.dump(want_owners, handles.diag, ref.inode)
+        except OSError as exc:
+            self._reader.drop(ref.inode)
+            failures["error"] += 1
+            log.error("inet_diag dump failed", extra={"netns": info.name, "error": str(exc)})
+            return None
+        counters = {}
+        for name in handles.files:
+            try:
+                counters.update(netns.parse_counters(handles.read_file(name)))
+            except OSError as exc:
+                log.debug("counter file unreadable", extra={"netns": info.name, "error": str(exc)})
+        try:
+            ports = handles.ephemeral_ports()
+        except (OSError, ValueError):
+            ports = -1
+        return NetnsDump(info, snap, counters, ports)
+
+    def _reader_own_inode(self) -> int:
+        return self._reader._own_inode
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def single_namespace(dump, ephemeral_ports=None, name: str = namespaces.HOST):
+    """A scan function over one namespace from a plain dump function: for ``snapshot`` of
+    the namespace tcpwatch runs in, and for tests with hand-built snapshots."""
+    def scan(want_owners: bool) -> NetnsScan:
+        snap: DiagSnapshot = dump(want_owners)
+        info = NetnsInfo(snap.netns_inode, name, "host")
+        ports = ephemeral_ports() if ephemeral_ports is not None else -1
+        return NetnsScan(dumps=[NetnsDump(info, snap, {}, ports)], infos={info.inode: info})
+    return scan
