@@ -2,11 +2,12 @@
 # Distribution packages and kernel plumbing that tcpwatch needs, installed only when missing,
 # so that a second run costs a few dpkg queries. Debian/Ubuntu; run as root.
 #   scripts/setup-host.sh          what `make run` needs
-#   scripts/setup-host.sh --test   plus what the tests use (prometheus, promtool, bpftool, openssl)
+#   scripts/setup-host.sh --test   plus what the tests use (prometheus, promtool, bpftool, openssl,
+#                                  podman, runc, containerd and CNI plugins for the container tests)
 set -euo pipefail
 
 packages=(python3 python3-venv python3-bpfcc iproute2)
-[ "${1:-}" = "--test" ] && packages+=(prometheus bpftool openssl)
+[ "${1:-}" = "--test" ] && packages+=(prometheus bpftool openssl podman runc containerd containernetworking-plugins gcc libc6-dev)
 
 missing=()
 for p in "${packages[@]}"; do

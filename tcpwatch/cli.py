@@ -51,7 +51,7 @@ def run(settings) -> int:
     from . import logs, server, systemd, webconfig
     from .collector import CollectorOptions, ServerCollector, TcpCollector
     from .scan import NamespaceScanner
-    from .sources import processes
+    from .sources import processes, runtime
 
     logs.configure(settings.log_level, settings.log_format)
     _name_process("tcpwatch")
@@ -71,7 +71,8 @@ def run(settings) -> int:
         registry = CollectorRegistry()
         options = CollectorOptions(settings.process_enabled, settings.process_max_series,
                                    settings.listen_max_ports, settings.netns_max_series)
-        scanner = NamespaceScanner(all_namespaces=settings.netns_enabled)
+        scanner = NamespaceScanner(all_namespaces=settings.netns_enabled,
+                                   runtimes=runtime.Runtimes(containerd_state=settings.containerd_state))
         registry.register(TcpCollector(options, scanner.scan, processes.scan,
                                        bpf_read=program.read if program else None,
                                        container_of=scanner.container_of,
@@ -151,9 +152,9 @@ def _name_process(name: str) -> None:
 def snapshot(args) -> int:
     from . import report
     from .scan import NamespaceScanner
-    from .sources import processes
+    from .sources import processes, runtime
 
-    scanner = NamespaceScanner()
+    scanner = NamespaceScanner(runtimes=runtime.Runtimes(containerd_state=args.containerd_state))
     try:
         scan = scanner.scan(want_owners=True)
         dumps = scan.dumps

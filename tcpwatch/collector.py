@@ -51,7 +51,7 @@ _KERNEL_COUNTERS = (
      "Connections closed without a TIME_WAIT socket because net.ipv4.tcp_max_tw_buckets was "
      "reached (TcpExt TCPTimeWaitOverflow)."),
 )
-_PLACEHOLDER_KEYS = {name: (name, "", "") for name in attribution.PLACEHOLDERS}
+_PLACEHOLDER_KEYS = {name: (name, "", "", "") for name in attribution.PLACEHOLDERS}
 
 
 class _Group:
@@ -181,14 +181,14 @@ class TcpCollector:
             "process=\"other\"): exact when the eBPF program saw the socket enter CLOSE_WAIT, "
             "otherwise measured from the first scrape that saw it (a lower bound). time_wait, "
             "process \"[kernel]\": 60 s (TCP_TIMEWAIT_LEN) less the shortest timewait timer left.",
-            labels=["netns", "state", "process", "container", "pod"])
+            labels=["netns", "state", "process", "container", "pod_namespace", "pod"])
         if scan is not None:
             families.extend(self._socket_families(groups))
             families.extend(self._netns_families(scan, labels, groups))
             for label, group in groups.items():
                 if group.time_wait_min_ms >= 0:
                     age = max(0.0, states.TIME_WAIT_SECONDS - group.time_wait_min_ms / 1000.0)
-                    oldest.add_metric([label, "time_wait", KERNEL_HELD, "", ""], age)
+                    oldest.add_metric([label, "time_wait", KERNEL_HELD, "", "", ""], age)
 
         if opts.process_enabled:
             started = time.perf_counter()
@@ -403,7 +403,7 @@ class TcpCollector:
         return result + [aborts, opened]
 
     def _owner_keys(self, scan) -> dict:
-        """{inode: (comm, container, pod)} for every socket a process holds."""
+        """{inode: (comm, container, pod namespace, pod)} for every socket a process holds."""
         found = self._scan_owners(set().union(*(d.snap.inode_states.keys() for d in scan.dumps)))
         by_pid = {}
         keys = {}
@@ -413,8 +413,8 @@ class TcpCollector:
             key = by_pid.get((pid, comm))
             if key is None:
                 container = self._container_of(pid) if (self._container_of and pid) else None
-                key = by_pid[(pid, comm)] = (comm, container.name if container else "",
-                                             container.pod_label if container else "")
+                key = by_pid[(pid, comm)] = ((comm, container.name, container.pod_namespace, container.pod)
+                                             if container else (comm, "", "", ""))
             keys[inode] = key
         return keys, found
 
@@ -446,7 +446,7 @@ class TcpCollector:
                 cw_counts[key] += counted[owner]
 
         def other(key):
-            return (key[0], OTHER, "", "")
+            return (key[0], OTHER, "", "", "")
 
         def placeholder(key):
             return key[1] in attribution.PLACEHOLDERS
@@ -454,11 +454,11 @@ class TcpCollector:
         per_process = GaugeMetricFamily(
             "tcpwatch_process_sockets",
             "TCP sockets per network namespace, owning process name (comm), its container and "
-            f"pod, and state. Top {opts.process_max_series} owners by socket count, the rest "
+            f"Kubernetes pod (namespace and name), and state. Top {opts.process_max_series} owners by socket count, the rest "
             "under process=\"other\" of their namespace; \"[kernel]\" holds sockets no process "
             "has (TIME_WAIT, orphans), \"[unknown]\" sockets whose holder could not be read. "
-            "container and pod are empty for a process in no container.",
-            labels=["netns", "process", "container", "pod", "state"])
+            "container, pod_namespace and pod are empty for a process in no container (or pod).",
+            labels=["netns", "process", "container", "pod_namespace", "pod", "state"])
         for key, counts in sorted(attribution.cap_process_sockets(
                 sockets, opts.process_max_series, other, placeholder).items()):
             for state in states.REPORTED:
@@ -470,7 +470,7 @@ class TcpCollector:
             target = key if key in keep else other(key)
             capped[target] = max(age, capped.get(target, 0.0))
         for key, age in sorted(capped.items()):
-            oldest.add_metric([key[0], "close_wait", key[1], key[2], key[3]], age)
+            oldest.add_metric([key[0], "close_wait", *key[1:]], age)
 
         unreadable = GaugeMetricFamily(
             "tcpwatch_process_unreadable",

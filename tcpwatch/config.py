@@ -134,6 +134,7 @@ class RunSettings:
     bpf_btf: str
     netns_enabled: bool
     netns_max_series: int
+    containerd_state: str
 
 
 def _port(text) -> int:
@@ -182,6 +183,8 @@ _RUN_OPTIONS = (
     ("--collector.netns.max-series", "netns_max_series", _non_negative, 128,
      "network namespaces exported by name (those with the most sockets; host always) before "
      "the rest are summed under netns=\"other\""),
+    ("--collector.netns.containerd-state", "containerd_state", str, "/run/containerd",
+     "containerd's state directory (k3s: /run/k3s/containerd), read for pod and container names"),
     ("--ebpf", "ebpf", _ebpf_mode, "auto",
      "auto: use eBPF when it loads, else warn and go on without; on: exit 2 if it cannot load; off"),
     ("--collector.bpf.max-sockets", "bpf_max_sockets", _max_sockets, 65536,
@@ -231,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     snap = commands.add_parser("snapshot", help="print one dump for a person")
     snap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     snap.add_argument("--top", type=_non_negative, default=10, help="rows in the owners and queues tables")
+    for sub in (snap, trace):
+        sub.add_argument("--collector.netns.containerd-state", dest="containerd_state", default="/run/containerd",
+                         help="containerd's state directory, for pod and container names (as for run)")
     snap.add_argument("--netns", metavar="NAME", help="only this network namespace (its netns label: "
                       "host, NAMESPACE/POD, a container or ip netns name)")
     return parser

@@ -30,8 +30,9 @@ def trace(args) -> int:
     except bpf.BpfUnavailable as exc:
         raise ConfigError(f"trace needs eBPF: {exc}") from None
     from .scan import NamespaceScanner
+    from .sources import runtime
 
-    scanner = NamespaceScanner()
+    scanner = NamespaceScanner(runtimes=runtime.Runtimes(containerd_state=args.containerd_state))
     names = {}
     refreshed = [float("-inf")]
 

@@ -32,6 +32,16 @@ def in_netns(netns, argv):
     return ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
 
 
+def terminate(proc, timeout=10):
+    """SIGTERM, then SIGKILL if ``proc`` has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_for(predicate, timeout=10.0, interval=0.05, what="condition"):
     deadline = time.monotonic() + timeout
     while True:
@@ -46,12 +56,12 @@ def wait_for(predicate, timeout=10.0, interval=0.05, what="condition"):
 class Workload:
     """A tests/workload.py process holding sockets until stopped."""
 
-    def __init__(self, scenario, netns=None, **options):
-        argv = [PYTHON, WORKLOAD, scenario]
+    def __init__(self, scenario, netns=None, wrapper=(), python=PYTHON, path=WORKLOAD, env=None, **options):
+        argv = [*wrapper, python, path, scenario]
         for key, value in options.items():
             argv += [f"--{key}", str(value)]
         self.proc = subprocess.Popen(in_netns(netns, argv), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
         if not line:
             self.stop()

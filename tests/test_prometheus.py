@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import PYTHON, ROOT, in_netns, wait_for
+from helpers import PYTHON, ROOT, in_netns, terminate, wait_for
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed")]
@@ -72,12 +72,7 @@ class Prometheus:
             return False
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
 
 
 def dashboard_queries():

@@ -28,7 +28,8 @@ from typing import Optional
 
 log = logging.getLogger(__name__)
 
-CONTAINERD_TASKS = "/run/containerd/io.containerd.runtime.v2.task"
+CONTAINERD_STATE = "/run/containerd"
+CONTAINERD_TASKS = "io.containerd.runtime.v2.task"
 CONTAINERS_STORAGE = ("/var/lib/containers/storage", "/run/containers/storage")
 DOCKER_CONTAINERS = "/var/lib/docker/containers"
 
@@ -79,9 +80,9 @@ def container_id_of_cgroup(text: str) -> str:
 class Runtimes:
     """Looks container ids up in the runtimes' state directories."""
 
-    def __init__(self, containerd_tasks: str = CONTAINERD_TASKS,
+    def __init__(self, containerd_state: str = CONTAINERD_STATE,
                  containers_storage=CONTAINERS_STORAGE, docker_containers: str = DOCKER_CONTAINERS):
-        self._containerd = containerd_tasks
+        self._containerd = f"{containerd_state}/{CONTAINERD_TASKS}"
         self._storage = tuple(containers_storage)
         self._docker = docker_containers
         self._cache = {}
