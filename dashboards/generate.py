@@ -14,7 +14,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-SEL = 'job=~"$job", instance=~"$instance"'   # the selector every query carries
+SEL_HOST = 'job=~"$job", instance=~"$instance"'   # the selector every query carries
+SEL = SEL_HOST + ', netns=~"$netns"'              # ... and on per-namespace metrics, the netns too
 RATE = "$__rate_interval"
 
 GREEN, ORANGE, RED = "green", "orange", "red"
@@ -99,6 +100,7 @@ def layout(panels):
 
 def variables():
     by_job = 'label_values(tcpwatch_build_info{job=~"$job"}, instance)'
+    by_instance = f"label_values(tcpwatch_sockets{{{SEL_HOST}}}, netns)"
     return {"list": [
         {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
          "current": {}, "hide": 0, "refresh": 1, "regex": "", "includeAll": False, "multi": False},
@@ -108,6 +110,10 @@ def variables():
          "refresh": 2, "sort": 1, "includeAll": False, "multi": False, "regex": ""},
         {"name": "instance", "label": "Instance", "type": "query", "datasource": DATASOURCE,
          "query": {"query": by_job, "refId": "instance"}, "definition": by_job,
+         "current": {}, "hide": 0, "refresh": 2, "sort": 1, "includeAll": True, "multi": True,
+         "allValue": ".+", "regex": ""},
+        {"name": "netns", "label": "Network namespace", "type": "query", "datasource": DATASOURCE,
+         "query": {"query": by_instance, "refId": "netns"}, "definition": by_instance,
          "current": {}, "hide": 0, "refresh": 2, "sort": 1, "includeAll": True, "multi": True,
          "allValue": ".+", "regex": ""},
     ]}
@@ -141,6 +147,26 @@ def overview():
              "only grows is a leak: see the CLOSE_WAIT leaks dashboard.",
              [target(f'sum(tcpwatch_sockets{{{SEL}, state="close_wait"}})')], width=8,
              defaults={"thresholds": thresholds((100, ORANGE), (1000, RED))}),
+        row("Network namespaces"),
+        timeseries("Sockets per network namespace",
+                   "All TCP sockets of each network namespace: host, each pod (namespace/pod), "
+                   "container or ip netns. Past --collector.netns.max-series the smallest are "
+                   "summed under \"other\".",
+                   [target(f"sum by (netns) ({sockets})", "{{netns}}")], width=12),
+        timeseries("CLOSE_WAIT sockets per network namespace",
+                   "CLOSE_WAIT sockets of each namespace: a leak in one pod shows as one rising line.",
+                   [target(f'sum by (netns) (tcpwatch_sockets{{{SEL}, state="close_wait"}}) > 0', "{{netns}}")],
+                   width=12),
+        timeseries("Accept queue overflows per second",
+                   "Connections each namespace's kernel dropped because a listener's accept queue was "
+                   "full (TcpExt ListenOverflows): the application does not accept() fast enough.",
+                   [target(f"sum by (netns) (rate(tcpwatch_listen_overflows_total{{{SEL}}}[{RATE}])) > 0",
+                           "{{netns}}")], unit="ops"),
+        timeseries("Connections aborted per second",
+                   "Connections the kernel ended with a reset, by namespace and reason (TcpExt "
+                   "TCPAbortOn*): close with unread data, data after close, timeout, memory, linger.",
+                   [target(f"sum by (netns, reason) (rate(tcpwatch_aborts_total{{{SEL}}}[{RATE}])) > 0",
+                           "{{netns}} {{reason}}")], unit="ops"),
         row("State machine"),
         timeseries("State transitions per second",
                    "Changes of state of full sockets, by (from, to), seen by the eBPF program. "
@@ -206,23 +232,23 @@ def overview():
         stat("eBPF",
              "1 when tcpwatch's eBPF program is attached. Without it there are no transitions, "
              "durations, resets or retransmits (tcpwatch doctor says why).",
-             [target(f"min(tcpwatch_ebpf_enabled{{{SEL}}})")],
+             [target(f"min(tcpwatch_ebpf_enabled{{{SEL_HOST}}})")],
              defaults={"thresholds": {"mode": "absolute", "steps": [{"color": RED, "value": None},
                                                                     {"color": GREEN, "value": 1}]},
                        "mappings": [{"type": "value", "options": {"0": {"text": "off"}, "1": {"text": "on"}}}]}),
         stat("Collectors failing",
              "Collectors that failed during the last scrape, over the selected instances.",
-             [target(f"count(tcpwatch_scrape_collector_success{{{SEL}}} == 0) or vector(0)")],
+             [target(f"count(tcpwatch_scrape_collector_success{{{SEL_HOST}}} == 0) or vector(0)")],
              defaults={"thresholds": thresholds((1, RED))}),
         timeseries("Collector time per scrape",
                    "Time each collector takes per scrape. A scrape of 100k sockets with owners takes "
                    "about half a second.",
-                   [target(f"max by (collector) (tcpwatch_scrape_collector_duration_seconds{{{SEL}}})",
+                   [target(f"max by (collector) (tcpwatch_scrape_collector_duration_seconds{{{SEL_HOST}}})",
                            "{{collector}}")], unit="s"),
         timeseries("Untracked by eBPF per second",
                    "Transitions of sockets the eBPF program never saw enter their state: older than "
                    "tcpwatch, or evicted from its LRU map (raise --collector.bpf.max-sockets if steady).",
-                   [target(f"sum by (reason) (rate(tcpwatch_ebpf_untracked_total{{{SEL}}}[{RATE}]))", "{{reason}}")],
+                   [target(f"sum by (reason) (rate(tcpwatch_ebpf_untracked_total{{{SEL_HOST}}}[{RATE}]))", "{{reason}}")],
                    unit="ops", width=24),
     ])
 
@@ -247,10 +273,12 @@ Runbook: `docs/runbooks/close-wait-leak.md` in the tcpwatch repository.
 def close_wait():
     count = f'tcpwatch_process_sockets{{{SEL}, state="close_wait"}}'
     age = f'tcpwatch_state_oldest_age_seconds{{{SEL}, state="close_wait"}}'
-    table_targets = [target(f"sum by (instance, process) ({count}) > 0", "", "A", format="table", instant=True),
-                     target(f"max by (instance, process) ({age})", "", "B", format="table", instant=True)]
+    owner = "instance, netns, process, container, pod_namespace, pod"
+    table_targets = [target(f"sum by ({owner}) ({count}) > 0", "", "A", format="table", instant=True),
+                     target(f"max by ({owner}) ({age})", "", "B", format="table", instant=True)]
     table = panel("table", "Processes holding CLOSE_WAIT sockets",
-                  "Per process: CLOSE_WAIT sockets now and how long the oldest has waited. Exact when "
+                  "Per process, with its network namespace, container and pod: CLOSE_WAIT sockets "
+                  "now and how long the oldest has waited. Exact when "
                   "eBPF saw it enter the state, otherwise a lower bound. The leak alert fires at 20 "
                   "sockets older than 10 minutes.",
                   table_targets, width=14, height=10,
@@ -258,6 +286,8 @@ def close_wait():
                                    {"id": "organize", "options": {
                                        "excludeByName": {"Time": True},
                                        "renameByName": {"instance": "Instance", "process": "Process",
+                                                        "netns": "Network namespace", "container": "Container",
+                                                        "pod_namespace": "Namespace", "pod": "Pod",
                                                         "Value #A": "CLOSE_WAIT sockets",
                                                         "Value #B": "Oldest age"}}}],
                   options={"showHeader": True, "sortBy": [{"displayName": "CLOSE_WAIT sockets", "desc": True}]},
@@ -276,13 +306,13 @@ def close_wait():
         timeseries("CLOSE_WAIT sockets per process",
                    "The trend per process. A line that only rises is a leak; a busy server's line "
                    "goes up and down.",
-                   [target(f"{count} > 0", "{{process}} {{instance}}")],
+                   [target(f"{count} > 0", "{{process}} {{netns}} {{instance}}")],
                    defaults={"thresholds": thresholds((20, ORANGE)),
                              "custom": {"thresholdsStyle": {"mode": "line"}}}),
         timeseries("Oldest CLOSE_WAIT age per process",
                    "How long the oldest CLOSE_WAIT socket of each process has waited. A leak grows "
                    "with the clock. The alert threshold is 10 minutes.",
-                   [target(age, "{{process}} {{instance}}")], unit="s",
+                   [target(age, "{{process}} {{netns}} {{instance}}")], unit="s",
                    defaults={"thresholds": thresholds((600, RED)),
                              "custom": {"thresholdsStyle": {"mode": "line"}}}),
         heatmap("Time in CLOSE_WAIT of closed sockets",

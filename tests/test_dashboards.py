@@ -26,7 +26,7 @@ def test_no_other_json_in_the_folder():
 def test_queries_use_the_variables_and_no_fixed_datasource(name):
     board = json.loads((ROOT / "dashboards" / name).read_text())
     names = [v["name"] for v in board["templating"]["list"]]
-    assert names == ["datasource", "job", "instance"]
+    assert names == ["datasource", "job", "instance", "netns"]
     text = json.dumps(board)
     assert '"uid": "${datasource}"' in text
     # The dashboard's own uid is the only fixed uid: no data source of somebody's Grafana.
@@ -35,6 +35,10 @@ def test_queries_use_the_variables_and_no_fixed_datasource(name):
         for target in panel.get("targets", []):
             assert target["datasource"]["uid"] == "${datasource}"
             assert 'job=~"$job"' in target["expr"] and 'instance=~"$instance"' in target["expr"], target
+            per_netns = ("tcpwatch_sockets", "tcpwatch_process_sockets", "tcpwatch_state_", "tcpwatch_listen",
+                         "tcpwatch_resets", "tcpwatch_retransmits", "tcpwatch_aborts", "tcpwatch_ephemeral")
+            if any(name in target["expr"] for name in per_netns):
+                assert 'netns=~"$netns"' in target["expr"], target
 
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))

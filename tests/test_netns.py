@@ -188,3 +188,40 @@ def test_snapshot_and_trace_name_the_namespace(podman, cri):
     assert "tcpw-snap" in {ns["netns"] for ns in report["namespaces"]}
     bad = tcpwatch(None, "snapshot", "--netns", "no-such-namespace", check=False)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_leak_alert_for_a_pod_carries_its_namespace_and_pod(cri, daemons):
+    """The leak alert's expression, evaluated by a real Prometheus scraping tcpwatch, fires
+    for a pod's leaking process with namespace and pod labels (thresholds lowered from 20
+    sockets and 600 s to 5 and 1 s: the rule's timing is promtool's job)."""
+    from test_prometheus import Prometheus
+
+    pod = cri.pod("checkout", "payments")
+    cri.container(pod, "api", "leak", count=6, comm="payleak")
+    daemon = host_daemon(daemons, cri, "--ebpf", "off")
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())["groups"][0]["rules"]
+    expr = next(r["expr"] for r in rules if r.get("alert") == "TcpwatchCloseWaitLeak")
+    assert ">= 20" in expr and "> 600" in expr
+    expr = expr.replace(">= 20", ">= 5").replace("> 600", "> 1")
+    workdir = tempfile.mkdtemp(prefix="tcpwatch-prom-")
+    prom = Prometheus(None, daemon.address, workdir, port=free_port())
+    try:
+        wait_for(lambda: prom.ready() or prom.proc.poll() is not None, timeout=30, interval=0.3,
+                 what="prometheus ready")
+        assert prom.proc.poll() is None, prom.log.read_text()[-2000:]
+        result = wait_for(lambda: prom.query(expr)[0]["data"]["result"], timeout=30, interval=0.5,
+                          what="the leak expression to fire")
+    finally:
+        prom.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    labels = [r["metric"] for r in result]
+    assert len(labels) == 1, labels
+    assert {k: labels[0].get(k) for k in ("namespace", "pod", "netns", "process", "container")} == {
+        "namespace": "payments", "pod": "checkout", "netns": "payments/checkout",
+        "process": "payleak", "container": "api"}

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.root,
 PROM_PORT = 9090                   # free: the namespace is the test's own
 RULES = ROOT / "deploy" / "prometheus"
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
-VARIABLES = {"$job": "tcpwatch", "$instance": ".+", "$__rate_interval": "10s"}
+VARIABLES = {"$job": "tcpwatch", "$instance": ".+", "$netns": ".+", "$__rate_interval": "10s"}
 
 # Reads queries (JSON list) on stdin, prints [[status, result], ...]: one process for them all.
 QUERY_SCRIPT = """
@@ -40,7 +40,8 @@ json.dump(out, sys.stdout)
 
 
 class Prometheus:
-    def __init__(self, netns, target, workdir):
+    def __init__(self, netns, target, workdir, port=PROM_PORT):
+        self.port = port
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(RULES / "recording.yml"), str(RULES / "alerts.yml")],
@@ -51,13 +52,13 @@ class Prometheus:
         self.netns = netns
         self.proc = subprocess.Popen(in_netns(netns, [
             "prometheus", f"--config.file={path}", f"--storage.tsdb.path={workdir}/data",
-            f"--web.listen-address=127.0.0.1:{PROM_PORT}"]),
+            f"--web.listen-address=127.0.0.1:{port}"]),
             stdout=subprocess.DEVNULL, stderr=open(Path(workdir) / "prometheus.log", "w"))
         self.log = Path(workdir) / "prometheus.log"
 
     def api(self, *requests):
         """[(path, params), ...] -> the decoded JSON answers, in order."""
-        out = subprocess.run(in_netns(self.netns, [PYTHON, "-c", QUERY_SCRIPT, f"http://127.0.0.1:{PROM_PORT}"]),
+        out = subprocess.run(in_netns(self.netns, [PYTHON, "-c", QUERY_SCRIPT, f"http://127.0.0.1:{self.port}"]),
                              input=json.dumps(requests), capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
@@ -113,7 +114,8 @@ def test_every_dashboard_query_and_rule_evaluates_on_live_data(netns, workloads,
     workloads("leak", netns=netns, count=25, comm="leaky")
     listener = workloads("listen", netns=netns, count=8, comm="slowaccept")
     workloads("connect", netns=netns, port=listener.info["port"], count=3, comm="client")
-    traffic = workloads("traffic", netns=netns, rounds=40, count=10, close=2, seconds=0.5, comm="churner")
+    traffic = workloads("traffic", netns=netns, rounds=40, count=10, close=2, aborts=1, seconds=0.5,
+                        comm="churner")
 
     # Enough scrapes and rule evaluations for 10 s rate windows, while the traffic still runs.
     wait_for(lambda: prometheus.query('count_over_time(up{job="tcpwatch"}[1m]) >= 12')[0]["data"]["result"],

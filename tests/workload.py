@@ -226,9 +226,15 @@ def scenario_time_wait(args, held):
 
 def scenario_traffic(args, held):
     """``--rounds`` rounds, ``--seconds`` apart: ``count`` connections opened and closed (the
-    client first, so TIME_WAIT) and ``--close`` connects refused by a port nobody listens on."""
+    client first, so TIME_WAIT) and ``--close`` connects refused by a port nobody listens on.
+    With ``--aborts N``: N connections closed by the server with unread data (a reset: the
+    kernel counts TCPAbortOnClose), and N SYNs to a full accept queue (ListenOverflows)."""
     lst = listener(args.family)
     held.append(lst)
+    full = listener(args.family, backlog=0)
+    held.append(full)
+    if args.aborts:
+        held.append(connect(args.family, full.getsockname()[1]))   # takes the one slot
     closed = socket.socket(socket.AF_INET6 if args.family == 6 else socket.AF_INET)
     closed.bind((host(args.family), 0))
     refused_port = closed.getsockname()[1]
@@ -245,6 +251,13 @@ def scenario_traffic(args, held):
                 connect(args.family, refused_port).close()
             except ConnectionRefusedError:
                 pass
+        for client, server in pairs(lst, args.family, args.aborts):
+            client.sendall(b"unread")
+            time.sleep(0.01)
+            server.close()                     # unread data: RST, not FIN
+            client.close()
+        for _ in range(args.aborts):
+            connect(args.family, full.getsockname()[1], blocking=False).close()   # SYN dropped
         time.sleep(args.seconds)
     return {"state": "done"}
 
@@ -263,6 +276,7 @@ def main():
     parser.add_argument("--comm")
     parser.add_argument("--port", type=int)
     parser.add_argument("--close", type=int, default=0)
+    parser.add_argument("--aborts", type=int, default=0)
     args = parser.parse_args()
     set_comm(args.comm)
     global LISTEN_PORT, HOST
