@@ -225,3 +225,17 @@ def test_leak_alert_for_a_pod_carries_its_namespace_and_pod(cri, daemons):
     assert {k: labels[0].get(k) for k in ("namespace", "pod", "netns", "process", "container")} == {
         "namespace": "payments", "pod": "checkout", "netns": "payments/checkout",
         "process": "payleak", "container": "api"}
+
+
+def test_the_unit_capabilities_are_enough_for_every_namespace(podman, cri, daemons):
+    """As the systemd unit runs it: an unprivileged user with exactly the unit's capabilities
+    enters the container's namespace, reads its owners and names it from podman's state."""
+    from test_systemd import setpriv_with_unit_capabilities
+
+    podman.workload("tcpw-unit", "leak", count=3, comm="unitleak")
+    daemon = daemons("--ebpf", "off", wrapper=setpriv_with_unit_capabilities())
+    samples = wait_for(lambda: (lambda s: s if value(s, "tcpwatch_process_sockets", netns="tcpw-unit",
+                                                     process="unitleak", container="tcpw-unit",
+                                                     state="close_wait") == 3 else None)(daemon.scrape()),
+                       timeout=15, what="the container read by the unprivileged daemon")
+    assert value(samples, "tcpwatch_netns_unreadable") == 0

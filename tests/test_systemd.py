@@ -100,8 +100,10 @@ def test_sd_notify_ready_watchdog_and_stopping(netns, daemons, tmp_path, monkeyp
 
 # Each capability of the unit, taken away alone: tcpwatch still serves, degrades, and says which.
 DEGRADED = {
-    "CAP_BPF": dict(ebpf=False, owners=True, says="missing CAP_BPF"),
-    "CAP_PERFMON": dict(ebpf=False, owners=True, says="missing CAP_PERFMON"),
+    # CAP_SYS_ADMIN (for setns) also grants what CAP_BPF and CAP_PERFMON do: either alone
+    # gone changes nothing. Both listed anyway: kernels before 5.8 know only CAP_SYS_ADMIN.
+    "CAP_BPF": dict(ebpf=True, owners=True, says=None),
+    "CAP_PERFMON": dict(ebpf=True, owners=True, says=None),
     "CAP_SYSLOG": dict(ebpf=True, time_wait=False, owners=True, says="CAP_SYSLOG"),
     # tracefs (mode 0700) needs it, but tp_btf, the default here, does not use tracefs
     "CAP_DAC_READ_SEARCH": dict(ebpf=True, owners=False, says="CAP_DAC_READ_SEARCH"),
@@ -127,5 +129,6 @@ def test_each_missing_capability_degrades_cleanly_with_a_warning(dropped, netns,
     daemon.stop()
     log = "".join(daemon.log) + daemon.proc.stderr.read()
     warnings = [line for line in log.splitlines() if "level=warn" in line]
-    assert any(expect["says"] in line for line in warnings), warnings
+    if expect["says"]:
+        assert any(expect["says"] in line for line in warnings), warnings
     assert "Traceback" not in log
