@@ -10,6 +10,8 @@ rest), and a namespace that vanishes mid-scrape is counted and skipped.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections import Counter
 
@@ -18,6 +20,10 @@ from .model import DiagSnapshot, NetnsDump, NetnsInfo, NetnsScan
 from .sources import inet_diag, netns, runtime
 
 log = logging.getLogger(__name__)
+
+# Namespaces dumped at once (at most one per CPU). A dump's cost is mostly the kernel's walk
+# of the host-wide socket hash, which runs in recv() without the GIL, so threads scale it.
+PARALLEL_DUMPS = 4
 
 
 class NamespaceScanner:
@@ -30,6 +36,9 @@ class NamespaceScanner:
         self._runtimes = runtimes or runtime.Runtimes()
         self._no_privilege = False
         self._pid_containers = {}   # pid -> container id, for this scrape
+        self._parallel = max(1, min(PARALLEL_DUMPS, os.cpu_count() or 1))
+        self._executor = None
+        self._failure_lock = threading.Lock()
 
     def container_of(self, pid: int):
         """The Container the process runs in, or None (cached for the scrape)."""
@@ -61,38 +70,62 @@ class NamespaceScanner:
         found, infos = self._discover()
         result = NetnsScan(complete=found.unreadable_processes == 0, infos=infos)
         named = time.perf_counter()
+        # Handles first, in this thread (setns happens here, once per new namespace), then
+        # the dumps in parallel: each dump's kernel walk runs inside recv(), without the GIL.
+        opened = []
         for inode, ref in sorted(found.namespaces.items(), key=lambda item: item[1].pids[:1] or [1 << 31]):
-            dumped = self._dump_one(ref, result.infos[inode], want_owners, result.failures)
-            if dumped is None:
+            handles = self._handles_of(ref, result.infos[inode], result.failures)
+            if handles is None:
                 result.unreadable += 1
             else:
-                result.dumps.append(dumped)
+                opened.append((ref, result.infos[inode], handles))
+
+        def read(item):
+            return self._dump_one(*item, want_owners, result.failures)
+
+        if len(opened) > 1 and self._parallel > 1:
+            dumped = list(self._pool().map(read, opened))
+        else:
+            dumped = [read(item) for item in opened]
+        for item in dumped:
+            if item is None:
+                result.unreadable += 1
+            else:
+                result.dumps.append(item)
         self._reader.retire(set(found.namespaces))
         result.seconds = {"netns": named - started, "inet_diag": time.perf_counter() - named}
         return result
 
-    def _dump_one(self, ref, info: NetnsInfo, want_owners: bool, failures: Counter):
+    def _pool(self):
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(self._parallel, thread_name_prefix="netns-dump")
+        return self._executor
+
+    def _handles_of(self, ref, info: NetnsInfo, failures: Counter):
         if self._no_privilege and ref.inode != self._reader_own_inode():
             return None
         try:
-            handles = self._reader.handles(ref)
+            return self._reader.handles(ref)
         except netns.NoPrivilege as exc:
             self._no_privilege = True
             log.warning("cannot enter other network namespaces: reading tcpwatch's own only "
                         "(tcpwatch_netns_unreadable counts the rest)", extra={"error": str(exc)})
-            return None
         except netns.NamespaceGone:
             failures["vanished"] += 1
-            return None
         except OSError as exc:
             failures["error"] += 1
             log.error("cannot open a network namespace", extra={"netns": info.name, "error": str(exc)})
-            return None
+        return None
+
+    def _dump_one(self, ref, info: NetnsInfo, handles, want_owners: bool, failures: Counter):
         try:
             snap = inet_diag.dump(want_owners, handles.diag, ref.inode)
         except OSError as exc:
-            self._reader.drop(ref.inode)
-            failures["error"] += 1
+            with self._failure_lock:
+                self._reader.drop(ref.inode)
+                failures["error"] += 1
             log.error("inet_diag dump failed", extra={"netns": info.name, "error": str(exc)})
             return None
         counters = {}
@@ -111,6 +144,8 @@ class NamespaceScanner:
         return self._reader._own_inode
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         self._reader.close()
 
 

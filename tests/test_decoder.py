@@ -28,7 +28,7 @@ def done():
 
 def test_counts_listeners_close_wait_and_inode_zero_sockets():
     snap = DiagSnapshot()
-    decoder = Decoder("ipv4", snap)
+    decoder = Decoder(snap)
     # an attribute (INET_DIAG_SHUTDOWN, 5 bytes padded to 8) must be skipped by length
     shutdown_attr = struct.pack("=HHB", 5, 8, 0) + b"\0\0\0"
     decoder.feed(diag_msg(states.LISTEN, inode=10, sport=8080, src="0.0.0.0", rqueue=3, wqueue=128)
@@ -54,14 +54,14 @@ def test_counts_listeners_close_wait_and_inode_zero_sockets():
 
 def test_ipv6_addresses_keep_sixteen_bytes():
     snap = DiagSnapshot()
-    Decoder("ipv6", snap).feed(diag_msg(states.LISTEN, inode=1, sport=443, src="::1",
+    Decoder(snap).feed(diag_msg(states.LISTEN, inode=1, sport=443, src="::1",
                                         family=socket.AF_INET6) + done())
     assert snap.listeners[0].endpoint.address == socket.inet_pton(socket.AF_INET6, "::1")
 
 
 def test_without_owners_keeps_no_inodes():
     snap = DiagSnapshot()
-    Decoder("ipv4", snap, want_owners=False).feed(
+    Decoder(snap, want_owners=False).feed(
         diag_msg(states.ESTABLISHED, inode=5) + diag_msg(states.TIME_WAIT) + done())
     assert snap.inode_states == {} and not snap.unaccepted
     assert snap.counts[("ipv4", states.ESTABLISHED)] == 1
@@ -70,19 +70,19 @@ def test_without_owners_keeps_no_inodes():
 def test_kernel_error_is_raised_with_errno():
     error = struct.pack("=IHHIIi", 36, NLMSG_ERROR, 0, 1, 0, -1) + b"\0" * 16
     with pytest.raises(DumpError) as info:
-        Decoder("ipv4", DiagSnapshot()).feed(error)
+        Decoder(DiagSnapshot()).feed(error)
     assert info.value.errno == 1 and "EPERM" in str(info.value)
 
 
 def test_truncated_message_is_an_error_not_a_wrong_count():
     msg = diag_msg(states.ESTABLISHED, inode=1)
     with pytest.raises(DumpError):
-        Decoder("ipv4", DiagSnapshot()).feed(msg[:-8])
+        Decoder(DiagSnapshot()).feed(msg[:-8])
 
 
 def snapshot_of(chunks, want_owners=True):
     snap = DiagSnapshot()
-    decoder = Decoder("ipv4", snap, want_owners)
+    decoder = Decoder(snap, want_owners)
     for chunk in chunks:
         decoder.feed(chunk)
     assert decoder.done
@@ -117,3 +117,41 @@ def test_uniform_chunk_with_a_different_length_falls_back():
     snap = snapshot_of([diag_msg(states.TIME_WAIT, expires=59000) + long_ + short + done()])
     assert snap.counts[("ipv4", states.TIME_WAIT)] == 2 and snap.inode_states == {3: states.ESTABLISHED}
     assert snap.time_wait_min_remaining_ms == 0
+
+
+class ColumnsOnly(Decoder):
+    """Fails if a chunk falls back to the per-message walk."""
+
+    def _feed_each(self, data, offset):
+        raise AssertionError("chunk walked message by message")
+
+
+@pytest.mark.parametrize("want_owners", [True, False])
+def test_mixed_lengths_and_families_decode_by_columns_like_the_walk(want_owners):
+    """A realistic chunk: full sockets of both families (attributes) interleaved with timewait
+    and request sockets (none), as the kernel's hash walk returns them."""
+    import random
+
+    rng = random.Random(11)
+    attr = struct.pack("=HHB", 5, 8, 0) + b"\0\0\0"
+    msgs = []
+    for i in range(400):
+        family, src = rng.choice([(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+        state = rng.choice((states.ESTABLISHED, states.ESTABLISHED, states.TIME_WAIT, states.SYN_RECV,
+                            states.CLOSE_WAIT, states.FIN_WAIT2, states.LISTEN))
+        full = state not in (states.TIME_WAIT, states.SYN_RECV)
+        inode = 1000 + i if full and rng.random() < 0.8 else 0
+        msgs.append(diag_msg(state, inode=inode, sport=rng.choice([80, 443]), src=src, family=family,
+                             cookie=i, rqueue=i % 3, attrs=attr if full else b"",
+                             expires=rng.randrange(1000, 60000)))
+    chunk = b"".join(msgs) + done()
+    by_columns = DiagSnapshot()
+    decoder = ColumnsOnly(by_columns, want_owners)
+    decoder.feed(chunk)
+    by_walk = DiagSnapshot()
+    walker = Decoder(by_walk, want_owners)
+    walker._feed_each(chunk, 0)
+    assert decoder.done and walker.done
+    assert by_columns == by_walk
+    assert by_columns.counts[("ipv6", states.TIME_WAIT)] and by_columns.counts[("ipv4", states.TIME_WAIT)]
+    assert by_columns.total() == 400

@@ -1,11 +1,14 @@
 """TCP sockets from the kernel's netlink inet_diag interface (what ``ss`` uses).
 
-pyroute2 supplies the protocol constants and encodes the request. The reply is read on a
-plain AF_NETLINK socket and only the fixed 72-byte ``inet_diag_msg`` header of each message
-is decoded, with ``struct``: pyroute2 0.9's own socket runs an asyncio endpoint that decodes
-every message into objects, which costs seconds and hundreds of MB at 100k sockets. The
-request asks for no extensions (idiag_ext = 0), so the kernel adds only the attributes it
-always adds, which are skipped by length.
+One dump per network namespace, both address families in one request: the original
+TCPDIAG_GETSOCK request (``struct inet_diag_req``), which the kernel answers with
+``sdiag_family = AF_UNSPEC``, so its walk of the socket hash (shared by every namespace on
+the host) happens once instead of once per family. pyroute2 supplies the protocol
+constants. The reply is read on a plain AF_NETLINK socket and only the fixed 72-byte
+``inet_diag_msg`` header of each message is decoded: pyroute2 0.9's own socket runs an
+asyncio endpoint that decodes every message into objects, which costs seconds and hundreds
+of MB at 100k sockets. The request asks for no extensions (idiag_ext = 0), so the kernel
+adds only the attributes it always adds, which are skipped by length.
 """
 
 from __future__ import annotations
@@ -13,21 +16,26 @@ from __future__ import annotations
 import itertools
 import os
 from errno import errorcode as errno_names
+from operator import itemgetter, or_
 import socket
 import struct
 
 from pyroute2.netlink import NETLINK_SOCK_DIAG, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
-from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY, inet_diag_req
+from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY
 
 from .. import states
 from ..model import CloseWaitSocket, DiagSnapshot, Endpoint, Listener
 
-_FAMILIES = ((socket.AF_INET, "ipv4"), (socket.AF_INET6, "ipv6"))
+TCPDIAG_GETSOCK = 18                      # include/uapi/linux/inet_diag.h: the v1 request type
+_DIAG_TYPES = (TCPDIAG_GETSOCK, SOCK_DIAG_BY_FAMILY)   # replies carry the request's type
+_FAMILY_LABELS = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+_FAMILY_MARK = bytes(0x10 if i == socket.AF_INET6 else 0 for i in range(256))  # v6 -> bit 4
 
 _NLMSGHDR = struct.Struct("=IHH")        # nlmsg_len, nlmsg_type, nlmsg_flags (seq, pid skipped)
 _NLMSGHDR_LEN = 16
 _ERRNO = struct.Struct("=i")
 # Offsets inside inet_diag_msg, counted from the netlink header's start.
+_FAMILY_AT = _NLMSGHDR_LEN
 _STATE_AT = _NLMSGHDR_LEN + 1
 _U32 = struct.Struct("=I")
 _INODE_AT = _NLMSGHDR_LEN + 68
@@ -46,23 +54,18 @@ _DONE_LEN = _NLMSGHDR_LEN + 4                 # NLMSG_DONE carries one int
 
 _RECV_BYTES = 64 * 1024                   # the kernel fills at most ~32 KiB per dump chunk
 _sequence = itertools.count(1)
+# struct inet_diag_req: family, src_len, dst_len, ext, inet_diag_sockid (48 bytes), states, dbs
+_V1_REQUEST = struct.Struct("=IHHIIBBBB48sII")
 
 
 class DumpError(OSError):
     """The kernel refused or broke off the dump."""
 
 
-def _request(family: int, sequence: int) -> bytes:
-    req = inet_diag_req()
-    req["header"]["type"] = SOCK_DIAG_BY_FAMILY
-    req["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
-    req["header"]["sequence_number"] = sequence
-    req["sdiag_family"] = family
-    req["sdiag_protocol"] = socket.IPPROTO_TCP
-    req["idiag_states"] = states.ALL_STATES_MASK
-    req["idiag_ext"] = 0
-    req.encode()
-    return bytes(req.data)
+def _request(sequence: int) -> bytes:
+    """A dump of every TCP socket of both families, in every state, no extensions."""
+    return _V1_REQUEST.pack(_V1_REQUEST.size, TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP, sequence, 0,
+                            socket.AF_UNSPEC, 0, 0, 0, bytes(48), states.ALL_STATES_MASK, 0)
 
 
 def _netns_inode() -> int:
@@ -85,7 +88,7 @@ def open_socket() -> socket.socket:
 
 
 def dump(want_owners: bool = True, sock=None, netns_inode=None) -> DiagSnapshot:
-    """Dump every TCP socket of one network namespace, IPv4 then IPv6.
+    """Dump every TCP socket of one network namespace, both families in one walk.
 
     ``sock``: a socket from ``open_socket`` (its namespace is the one dumped); without one,
     a fresh socket dumps this thread's namespace. ``want_owners`` keeps the inode of each
@@ -96,86 +99,120 @@ def dump(want_owners: bool = True, sock=None, netns_inode=None) -> DiagSnapshot:
         with open_socket() as fresh:
             return dump(want_owners, fresh, _netns_inode())
     snap = DiagSnapshot(netns_inode=netns_inode or 0)
-    for family, label in _FAMILIES:
-        sock.sendall(_request(family, next(_sequence)))
-        decoder = Decoder(label, snap, want_owners)
-        while not decoder.done:
-            data = sock.recv(_RECV_BYTES)
-            if not data:
-                raise DumpError("netlink socket closed during the dump")
-            decoder.feed(data)
+    sock.sendall(_request(next(_sequence)))
+    decoder = Decoder(snap, want_owners)
+    while not decoder.done:
+        data = sock.recv(_RECV_BYTES)
+        if not data:
+            raise DumpError("netlink socket closed during the dump")
+        decoder.feed(data)
     return snap
 
 
+def _gather(indices: list, sequence) -> list:
+    """``[sequence[i] for i in indices]`` at C speed (itemgetter), as a list."""
+    if not indices:
+        return []
+    if len(indices) == 1:
+        return [sequence[indices[0]]]
+    return list(itemgetter(*indices)(sequence))
+
+
 class Decoder:
-    """Reduces the reply messages of one family's dump into a ``DiagSnapshot``.
+    """Reduces the reply messages of one dump into a ``DiagSnapshot``.
 
     Pure: it takes the bytes the kernel sent, so tests feed it hand-built messages.
 
-    Speed comes from chunks whose messages all have one length, the usual case: with no
-    extensions requested every full socket of a family carries the same attributes. Such a
-    chunk is read column-wise with strided slices done in C (every state byte, every inode),
-    so Python does a few operations per 32 KiB rather than per socket. Chunks that mix
-    lengths (timewait and request sockets have no attributes) are walked message by message.
+    Each recv() brings a chunk of up to ~32 KiB of messages. Python must not work per
+    socket, so a chunk is read column-wise: the state, family and inode of every message
+    are picked out in C, with strided slices when every message has one length (full
+    sockets all carry the same attributes), or with itemgetter over the message offsets
+    when lengths mix (timewait and request sockets carry none). Per-message Python is left
+    for the few sockets that need more fields: listeners, CLOSE_WAIT, and sockets no fd
+    holds yet. A chunk that does not parse that way (an error, a truncated message) is
+    walked message by message, which raises the right error.
     """
 
-    def __init__(self, family: str, snap: DiagSnapshot, want_owners: bool = True):
-        self.family = family
+    def __init__(self, snap: DiagSnapshot, want_owners: bool = True):
         self.snap = snap
         self.want_owners = want_owners
         self.done = False
-        self._addr_len = 4 if family == "ipv4" else 16
-        self._per_state = [0] * 16
+        self._per_state = [0] * 32        # state, +16 for IPv6
 
     def feed(self, data: bytes) -> None:
         """Decode one recv()'s worth of netlink messages."""
-        if not self._feed_uniform(data):
+        if not self._feed_columns(data):
             self._feed_each(data, 0)
 
-    def _feed_uniform(self, data: bytes) -> bool:
+    def _feed_columns(self, data: bytes) -> bool:
         size = len(data)
         if size < _MSG_MIN_LEN or size % 4:
             return False
-        length = _U32.unpack_from(data, 0)[0]
+        words = memoryview(data).cast("I")
+        length = words[0]
         if length < _MSG_MIN_LEN or length % 4:
             return False
         count, rest = divmod(size, length)
-        if rest not in (0, _DONE_LEN):
+        uniform = (rest in (0, _DONE_LEN) and words[0:count * length // 4:length // 4].tolist().count(length) == count)
+        if uniform:
+            end = count * length
+            offsets = range(0, end, length)
+            types = memoryview(data).cast("H")[2:end // 2:length // 2].tolist()
+            state_bytes = data[_STATE_AT:end:length]
+            family_bytes = data[_FAMILY_AT:end:length]
+            inodes = words[_INODE_AT // 4:end // 4:length // 4].tolist()
+        else:
+            offsets = []
+            add = offsets.append
+            end = 0
+            while end + _MSG_MIN_LEN <= size:
+                length = words[end >> 2]
+                if length < _MSG_MIN_LEN or length % 4 or end + length > size:
+                    break
+                add(end)
+                end += length
+            rest = size - end
+            types = _gather([o // 2 + 2 for o in offsets], memoryview(data).cast("H"))
+            state_bytes = bytes(_gather([o + _STATE_AT for o in offsets], data))
+            family_bytes = bytes(_gather([o + _FAMILY_AT for o in offsets], data))
+            inodes = _gather([(o + _INODE_AT) // 4 for o in offsets], words)
+        count = len(offsets)
+        if not count or types.count(types[0]) != count or types[0] not in _DIAG_TYPES:
             return False
-        end = count * length
-        words = memoryview(data).cast("I")
-        step = length // 4
-        if words[0:end // 4:step].tolist().count(length) != count:
-            return False
-        if memoryview(data).cast("H")[2:end // 2:length // 2].tolist().count(SOCK_DIAG_BY_FAMILY) != count:
-            return False
-        if rest and _NLMSGHDR.unpack_from(data, end)[:2] != (_DONE_LEN, NLMSG_DONE):
+        if rest not in (0, _DONE_LEN) or (rest and _NLMSGHDR.unpack_from(data, end)[:2] != (_DONE_LEN, NLMSG_DONE)):
             return False
 
-        state_bytes = data[_STATE_AT:end:length]
         per_state = self._per_state
-        for state in states.REPORTED:
-            per_state[state] += state_bytes.count(state)
-        inodes = words[_INODE_AT // 4:end // 4:step].tolist()
+        v6 = family_bytes.count(socket.AF_INET6)
+        if v6 == 0 or v6 == count:
+            base = 16 if v6 else 0
+            for state in states.REPORTED:
+                per_state[base + state] += state_bytes.count(state)
+        else:   # both families: state | 0x10 for IPv6, one count per (family, state)
+            marked = bytes(map(or_, state_bytes, family_bytes.translate(_FAMILY_MARK)))
+            for state in states.REPORTED:
+                per_state[state] += marked.count(state)
+                per_state[16 + state] += marked.count(16 + state)
         time_waits = state_bytes.count(states.TIME_WAIT)
         if time_waits:
-            expires = words[_EXPIRES_AT // 4:end // 4:step].tolist()
-            if time_waits != count:
-                expires = [ms for ms, state in zip(expires, state_bytes) if state == states.TIME_WAIT]
-            self._note_time_wait(min(expires))
+            rows, i = [], state_bytes.find(states.TIME_WAIT)
+            while i >= 0:
+                rows.append((offsets[i] + _EXPIRES_AT) // 4)
+                i = state_bytes.find(states.TIME_WAIT, i + 1)
+            self._note_time_wait(min(_gather(rows, words)))
         if self.want_owners:
             self.snap.inode_states.update(zip(inodes, state_bytes))
         for state in (states.LISTEN, states.CLOSE_WAIT):
             i = state_bytes.find(state)
             while i >= 0:
-                self._note_special(data, i * length, state, inodes[i])
+                self._note_special(data, offsets[i], state, inodes[i])
                 i = state_bytes.find(state, i + 1)
         if self.want_owners and (state_bytes.count(states.ESTABLISHED) or state_bytes.count(states.SYN_RECV)):
             i = -1
             for _ in range(inodes.count(0)):
                 i = inodes.index(0, i + 1)
                 if state_bytes[i] in (states.ESTABLISHED, states.SYN_RECV):
-                    self._note_special(data, i * length, state_bytes[i], 0)
+                    self._note_special(data, offsets[i], state_bytes[i], 0)
         if rest:
             self._finish()
         return True
@@ -190,9 +227,9 @@ class Decoder:
             length, msg_type, _flags = unpack_hdr(data, offset)
             if length < _NLMSGHDR_LEN or offset + length > end:
                 raise DumpError(f"truncated netlink message ({length} bytes)")
-            if msg_type == SOCK_DIAG_BY_FAMILY and length >= _MSG_MIN_LEN:
+            if msg_type in _DIAG_TYPES and length >= _MSG_MIN_LEN:
                 state = data[offset + _STATE_AT]
-                per_state[state & 15] += 1
+                per_state[(state & 15) + (16 if data[offset + _FAMILY_AT] == socket.AF_INET6 else 0)] += 1
                 inode = unpack_u32(data, offset + _INODE_AT)[0]
                 if inode_states is not None:
                     inode_states[inode] = state
@@ -211,9 +248,11 @@ class Decoder:
     def _note_special(self, data, offset, state, inode) -> None:
         """Listeners, CLOSE_WAIT sockets and sockets no fd holds: the few that need more fields."""
         snap = self.snap
+        v6 = data[offset + _FAMILY_AT] == socket.AF_INET6
+        addr_len = 16 if v6 else 4
         endpoint = Endpoint(
-            self.family,
-            bytes(data[offset + _SRC_AT:offset + _SRC_AT + self._addr_len]),
+            "ipv6" if v6 else "ipv4",
+            bytes(data[offset + _SRC_AT:offset + _SRC_AT + addr_len]),
             _SPORT.unpack_from(data, offset + _SPORT_AT)[0],
         )
         if state == states.LISTEN:
@@ -224,7 +263,7 @@ class Decoder:
             cookie = _COOKIE.unpack_from(data, offset + _COOKIE_AT)[0]
             snap.close_wait.append(CloseWaitSocket(
                 cookie, inode, endpoint,
-                bytes(data[offset + _DST_AT:offset + _DST_AT + self._addr_len]),
+                bytes(data[offset + _DST_AT:offset + _DST_AT + addr_len]),
                 _SPORT.unpack_from(data, offset + _DPORT_AT)[0]))
         if not inode and self.want_owners:
             snap.unaccepted[(endpoint, state)] += 1
@@ -238,4 +277,5 @@ class Decoder:
         self.done = True
         self.snap.inode_states.pop(0, None)   # sockets without an fd are not keyed by inode
         for state in states.REPORTED:
-            self.snap.counts[(self.family, state)] += self._per_state[state]
+            self.snap.counts[("ipv4", state)] += self._per_state[state]
+            self.snap.counts[("ipv6", state)] += self._per_state[16 + state]
