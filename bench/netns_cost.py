@@ -37,13 +37,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from scrape_cost import cpu_seconds, wait_http   # bench/ is this script's first import path
+from scrape_cost import MIX_SYSCTLS, cpu_seconds, wait_http   # bench/ is this script's first import path
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "bench" / "mix_worker.py"
-SYSCTLS = ["net.ipv4.tcp_fin_timeout=600",        # FIN_WAIT2 orphans outlive the run
-           "net.ipv4.tcp_synack_retries=255",     # so do SYN_RECV request sockets
-           "net.ipv4.tcp_syncookies=0", "net.ipv4.tcp_max_syn_backlog=65536"]
+SYSCTLS = MIX_SYSCTLS
 PROC_STATES = {"01": "established", "02": "syn_sent", "03": "syn_recv", "04": "fin_wait1",
                "05": "fin_wait2", "06": "time_wait", "07": "close", "08": "close_wait",
                "09": "last_ack", "0A": "listen", "0B": "closing"}

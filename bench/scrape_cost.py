@@ -4,6 +4,11 @@ tcpstat collector and against `ss -tan state all`, measured in the same run.
 
     make bench                       # 10k, 50k, 100k sockets, 5 scrapes each
     .venv/bin/python bench/scrape_cost.py --sizes 100000 --repeat 7
+    .venv/bin/python bench/scrape_cost.py --mix established   # the old all-ESTABLISHED load
+
+The sockets hold a realistic state mix by default (bench/mix_worker.py: ESTABLISHED 40%,
+TIME_WAIT 20%, CLOSE_WAIT 15%, FIN_WAIT2 15%, SYN_RECV 10%), whose timewait and request
+sockets make inet_diag's reply chunks mix message lengths.
 
 Everything runs in a private network namespace made for the run (and removed after), so the
 counts are exactly the benchmark's sockets. For each tool it prints the median wall time of
@@ -24,6 +29,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The mix's FIN_WAIT2 orphans and SYN_RECV request sockets must outlive the run.
+MIX_SYSCTLS = ["net.ipv4.tcp_fin_timeout=600", "net.ipv4.tcp_synack_retries=255",
+               "net.ipv4.tcp_syncookies=0", "net.ipv4.tcp_max_syn_backlog=65536"]
 PAIRS_PER_WORKER = 9000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -49,7 +57,21 @@ def wait_http(url, timeout=20):
             time.sleep(0.1)
 
 
-def hold(total_sockets):
+MIX_PER_WORKER = 18000       # mix_worker.py holds at most 0.55 N fds: under the 20,000 limit
+
+
+def hold(total_sockets, mix="realistic"):
+    if mix == "realistic":
+        workers = []
+        for w in range(0, (total_sockets + MIX_PER_WORKER - 1) // MIX_PER_WORKER):
+            n = min(MIX_PER_WORKER, total_sockets - w * MIX_PER_WORKER)
+            workers.append(subprocess.Popen([sys.executable, str(ROOT / "bench" / "mix_worker.py"),
+                                             str(n), f"127.0.{w + 1}.1"], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, text=True))
+        for proc in workers:
+            if proc.stdout.readline().strip() != "ready":
+                raise SystemExit("a socket-holding worker failed")
+        return workers
     pairs = total_sockets // 2
     workers = []
     for w in range(0, (pairs + PAIRS_PER_WORKER - 1) // PAIRS_PER_WORKER):
@@ -96,10 +118,10 @@ def start(argv, url):
     return proc
 
 
-def measure(size, repeat):
+def measure(size, repeat, mix):
     tcpwatch = [str(ROOT / ".venv" / "bin" / "tcpwatch"), "run", "--log.level", "error"]
     node = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
-    workers = hold(size)
+    workers = hold(size, mix)
     procs = []
     try:
         counted = int(subprocess.run(["ss", "-tanH", "state", "all"], capture_output=True,
@@ -148,13 +170,14 @@ def report(size, counted, ours, results):
 
 def inside(args):
     for size in args.sizes:
-        report(size, *measure(size, args.repeat))
+        report(size, *measure(size, args.repeat, args.mix))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000, 100000])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--mix", choices=["realistic", "established"], default="realistic")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside:
@@ -166,7 +189,9 @@ def main():
         subprocess.run(["ip", "netns", "add", netns], check=True)
         try:
             subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
-            argv = [sys.executable, __file__, "--inside", "--repeat", str(args.repeat), "--sizes", str(size)]
+            subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw", *MIX_SYSCTLS], check=True)
+            argv = [sys.executable, __file__, "--inside", "--repeat", str(args.repeat), "--sizes", str(size),
+                    "--mix", args.mix]
             if subprocess.run(["ip", "netns", "exec", netns, *argv]).returncode:
                 return 1
         finally:
