@@ -128,9 +128,9 @@ def measure(size, repeat, mix):
                                      text=True).stdout.count("\n"))
         results = {}
         for name, argv, port, metric in [
-            ("tcpwatch (counts)", tcpwatch + ["--no-collector.process"], 19787,
+            ("tcpwatch (counts)", tcpwatch + ["--no-collector.process", "--no-collector.netns", "--ebpf", "off"], 19787,
              r'tcpwatch_scrape_collector_duration_seconds\{collector="inet_diag"\}'),
-            ("tcpwatch (with owners)", tcpwatch, 19788,
+            ("tcpwatch (with owners)", tcpwatch + ["--no-collector.netns", "--ebpf", "off"], 19788,
              r'tcpwatch_scrape_collector_duration_seconds\{collector="[a-z_]+"\}'),
             ("node_exporter tcpstat", [node, "--collector.disable-defaults", "--collector.tcpstat"],
              19100, r'node_scrape_collector_duration_seconds\{collector="tcpstat"\}'),

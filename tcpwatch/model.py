@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # Placeholder process names, documented in the README. Brackets keep them apart from real
 # comm values in practice (a process may still rename itself to one; that is its choice).
@@ -16,9 +17,12 @@ UNKNOWN_OWNER = "[unknown]"   # has an inode, but no /proc/*/fd we could read po
 OTHER = "other"               # everything past the top-N cap
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """A local (family, address, port); address is the raw 4 or 16 bytes, never exported."""
+class Endpoint(NamedTuple):
+    """A local (family, address, port); address is the raw 4 or 16 bytes, never exported.
+
+    A NamedTuple, not a dataclass: the decoder makes one per listener, CLOSE_WAIT socket
+    and unaccepted connection, and a tuple is built in C.
+    """
 
     family: str
     address: bytes
@@ -37,8 +41,7 @@ class Listener:
     queue_limit: int    # sk_max_ack_backlog: the backlog given to listen(), capped by somaxconn
 
 
-@dataclass(frozen=True)
-class CloseWaitSocket:
+class CloseWaitSocket(NamedTuple):
     cookie: int         # the kernel's socket cookie: stable for the socket's life
     inode: int          # 0 while the socket waits in an accept queue
     endpoint: Endpoint  # local end

@@ -80,12 +80,14 @@ class Podman:
         return subprocess.run(["podman", *args], env=self.env, check=check, capture_output=True,
                               text=True, timeout=120, **kw)
 
-    def workload(self, name: str, scenario: str, **options):
-        """tests/workload.py in a new container ``name``, holding its sockets until stopped."""
+    def workload(self, name: str, scenario: str, network: str = None, **options):
+        """tests/workload.py in a new container ``name``, holding its sockets until stopped.
+        ``network="host"``: in the host's network namespace (--network host)."""
         from helpers import Workload
 
         self.started.append(name)
         wrapper = ["podman", "run", "-i", "--rm", "--name", name, "--label", LABEL,
+                   *(["--network", network] if network else []),
                    "-v", "/usr:/usr:ro", "-v", f"{ROOT / 'tests'}:/tests:ro", IMAGE]
         return Workload(scenario, wrapper=wrapper, python=CONTAINER_PYTHON, path=CONTAINER_WORKLOAD,
                         env=self.env, **options)

@@ -239,3 +239,54 @@ def test_the_unit_capabilities_are_enough_for_every_namespace(podman, cri, daemo
                                                      state="close_wait") == 3 else None)(daemon.scrape()),
                        timeout=15, what="the container read by the unprivileged daemon")
     assert value(samples, "tcpwatch_netns_unreadable") == 0
+
+
+def test_a_host_network_container_is_told_apart_by_its_owner(podman, cri, daemons):
+    """--network host: the sockets are the host's, and only their owner names the container."""
+    podman.workload("tcpw-hostnet", "leak", network="host", count=3, comm="hostleak")
+    daemon = host_daemon(daemons, cri, "--ebpf", "off")
+    samples = wait_for(lambda: (lambda s: s if value(s, "tcpwatch_process_sockets", netns="host", process="hostleak",
+                                                     container="tcpw-hostnet", state="close_wait") == 3
+                                else None)(daemon.scrape()),
+                       timeout=15, what="the host-network container's sockets under its name")
+    names = {dict(labels)["netns"] for labels in series(samples, "tcpwatch_sockets")}
+    assert "tcpw-hostnet" not in names
+
+
+def test_kernel_counters_are_the_namespace_own(podman, cri, daemons):
+    podman.workload("tcpw-snmp", "pairs", count=7)
+    pid = podman.pid("tcpw-snmp")
+    daemon = host_daemon(daemons, cri, "--ebpf", "off")
+    samples = daemon.scrape()
+
+    def snmp(group, field):
+        lines = Path(f"/proc/{pid}/net/{'snmp' if group == 'Tcp' else 'netstat'}").read_text().splitlines()
+        header, values = next((a, b) for a, b in zip(lines[::2], lines[1::2]) if a.startswith(group + ":"))
+        return int(dict(zip(header.split(), values.split()))[field])
+
+    assert value(samples, "tcpwatch_connections_opened_total", netns="tcpw-snmp", direction="active") == 7
+    assert value(samples, "tcpwatch_connections_opened_total", netns="tcpw-snmp", direction="passive") == 7
+    assert snmp("Tcp", "ActiveOpens") == 7
+    assert value(samples, "tcpwatch_listen_overflows_total", netns="tcpw-snmp") == snmp("TcpExt", "ListenOverflows")
+    assert value(samples, "tcpwatch_aborts_total", netns="tcpw-snmp", reason="close") == 0
+    assert value(samples, "tcpwatch_ephemeral_ports", netns="tcpw-snmp") > 0
+
+
+def test_trace_names_the_namespace_of_each_transition(podman, cri):
+    port = 23180
+    trace = subprocess.Popen([PYTHON, "-m", "tcpwatch", "trace", "--json", "--port", str(port), "--duration", "40",
+                              "--collector.netns.containerd-state", str(cri.state)],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        # The program compiles in a few seconds: keep making connections until one is seen.
+        load = podman.workload("tcpw-trace", "traffic", rounds=60, count=1, seconds=0.5,
+                               **{"listen-port": port})
+        inode = netns_inode(podman.pid("tcpw-trace"))
+        line = json.loads(wait_for(trace.stdout.readline, timeout=60, what="a traced transition"))
+        load.stop()
+    finally:
+        trace.terminate()
+        trace.wait(10)
+    assert line["netns"] == inode
+    assert line["netns_name"] == "tcpw-trace"

@@ -231,7 +231,7 @@ def scenario_traffic(args, held):
     kernel counts TCPAbortOnClose), and N SYNs to a full accept queue (ListenOverflows)."""
     lst = listener(args.family)
     held.append(lst)
-    full = listener(args.family, backlog=0)
+    full = listener(args.family, backlog=0, port=0)
     held.append(full)
     if args.aborts:
         held.append(connect(args.family, full.getsockname()[1]))   # takes the one slot

@@ -16,7 +16,9 @@ from __future__ import annotations
 import itertools
 import os
 from errno import errorcode as errno_names
-from operator import itemgetter, or_
+from collections import Counter
+from itertools import accumulate, compress
+from operator import itemgetter, or_, sub
 import socket
 import struct
 
@@ -109,6 +111,27 @@ def dump(want_owners: bool = True, sock=None, netns_inode=None) -> DiagSnapshot:
     return snap
 
 
+def _offsets(data: bytes, words) -> list:
+    """Where each diag message of a chunk starts, found in C: every message header after its
+    length word is the same 12 bytes (type, flags, sequence number, port id), so splitting
+    on them gives the messages' spans. The offsets are then checked against the length
+    words (a payload that happened to contain those 12 bytes fails the check); [] if the
+    chunk does not parse this way."""
+    marker = data[4:_NLMSGHDR_LEN]
+    pieces = data.split(marker)
+    if len(pieces) < 2 or len(pieces[0]) != 4:
+        return []
+    # marker k starts at sum(len(pieces[:k+1])) + 12 k; its message 4 bytes before.
+    ends = list(accumulate(map((len(marker)).__add__, map(len, pieces))))
+    offsets = list(map((-len(marker) - 4).__add__, ends[:-1]))
+    lengths = _gather(list(map((2).__rrshift__, offsets)), words)
+    if list(map(sub, offsets[1:], offsets[:-1])) != lengths[:-1] or min(lengths) < _MSG_MIN_LEN:
+        return []
+    if any(length % 4 for length in (lengths[-1],)) or offsets[-1] + lengths[-1] > len(data):
+        return []
+    return offsets
+
+
 def _gather(indices: list, sequence) -> list:
     """``[sequence[i] for i in indices]`` at C speed (itemgetter), as a list."""
     if not indices:
@@ -138,6 +161,7 @@ class Decoder:
         self.want_owners = want_owners
         self.done = False
         self._per_state = [0] * 32        # state, +16 for IPv6
+        self._unaccepted = Counter()      # raw (family .. source address, state) -> sockets
 
     def feed(self, data: bytes) -> None:
         """Decode one recv()'s worth of netlink messages."""
@@ -162,20 +186,15 @@ class Decoder:
             family_bytes = data[_FAMILY_AT:end:length]
             inodes = words[_INODE_AT // 4:end // 4:length // 4].tolist()
         else:
-            offsets = []
-            add = offsets.append
-            end = 0
-            while end + _MSG_MIN_LEN <= size:
-                length = words[end >> 2]
-                if length < _MSG_MIN_LEN or length % 4 or end + length > size:
-                    break
-                add(end)
-                end += length
+            offsets = _offsets(data, words)
+            if not offsets:
+                return False
+            end = offsets[-1] + words[offsets[-1] >> 2]
             rest = size - end
-            types = _gather([o // 2 + 2 for o in offsets], memoryview(data).cast("H"))
-            state_bytes = bytes(_gather([o + _STATE_AT for o in offsets], data))
-            family_bytes = bytes(_gather([o + _FAMILY_AT for o in offsets], data))
-            inodes = _gather([(o + _INODE_AT) // 4 for o in offsets], words)
+            types = _gather(list(map((2).__add__, map((1).__rrshift__, offsets))), memoryview(data).cast("H"))
+            state_bytes = bytes(_gather(list(map(_STATE_AT.__add__, offsets)), data))
+            family_bytes = bytes(_gather(list(map(_FAMILY_AT.__add__, offsets)), data))
+            inodes = _gather(list(map((_INODE_AT // 4).__add__, map((2).__rrshift__, offsets))), words)
         count = len(offsets)
         if not count or types.count(types[0]) != count or types[0] not in _DIAG_TYPES:
             return False
@@ -193,26 +212,27 @@ class Decoder:
             for state in states.REPORTED:
                 per_state[state] += marked.count(state)
                 per_state[16 + state] += marked.count(16 + state)
-        time_waits = state_bytes.count(states.TIME_WAIT)
-        if time_waits:
-            rows, i = [], state_bytes.find(states.TIME_WAIT)
-            while i >= 0:
-                rows.append((offsets[i] + _EXPIRES_AT) // 4)
-                i = state_bytes.find(states.TIME_WAIT, i + 1)
-            self._note_time_wait(min(_gather(rows, words)))
+        if states.TIME_WAIT in state_bytes:
+            expires = _gather(list(map((_EXPIRES_AT // 4).__add__, map((2).__rrshift__, offsets))), words)
+            self._note_time_wait(min(compress(expires, map(states.TIME_WAIT.__eq__, state_bytes))))
         if self.want_owners:
             self.snap.inode_states.update(zip(inodes, state_bytes))
-        for state in (states.LISTEN, states.CLOSE_WAIT):
+        # CLOSE_WAIT details feed the owner and age metrics only.
+        for state in (states.LISTEN, states.CLOSE_WAIT) if self.want_owners else (states.LISTEN,):
             i = state_bytes.find(state)
             while i >= 0:
                 self._note_special(data, offsets[i], state, inodes[i])
                 i = state_bytes.find(state, i + 1)
         if self.want_owners and (state_bytes.count(states.ESTABLISHED) or state_bytes.count(states.SYN_RECV)):
+            # No fd yet: counted per (local end, state) as raw bytes, made Endpoints at the end.
+            unaccepted = self._unaccepted
             i = -1
             for _ in range(inodes.count(0)):
                 i = inodes.index(0, i + 1)
-                if state_bytes[i] in (states.ESTABLISHED, states.SYN_RECV):
-                    self._note_special(data, offsets[i], state_bytes[i], 0)
+                state = state_bytes[i]
+                if state == states.ESTABLISHED or state == states.SYN_RECV:
+                    o = offsets[i]
+                    unaccepted[data[o + _FAMILY_AT:o + _SRC_AT + 16] + bytes((state,))] += 1
         if rest:
             self._finish()
         return True
@@ -233,8 +253,8 @@ class Decoder:
                 inode = unpack_u32(data, offset + _INODE_AT)[0]
                 if inode_states is not None:
                     inode_states[inode] = state
-                if state == states.LISTEN or state == states.CLOSE_WAIT or (
-                        not inode and state in states.ACCEPT_QUEUE_STATES):
+                if state == states.LISTEN or (inode_states is not None and (
+                        state == states.CLOSE_WAIT or (not inode and state in states.ACCEPT_QUEUE_STATES))):
                     self._note_special(data, offset, state, inode)
                 elif state == states.TIME_WAIT:
                     self._note_time_wait(unpack_u32(data, offset + _EXPIRES_AT)[0])
@@ -275,6 +295,12 @@ class Decoder:
 
     def _finish(self) -> None:
         self.done = True
+        for raw, count in self._unaccepted.items():
+            v6 = raw[0] == socket.AF_INET6
+            start = _SRC_AT - _FAMILY_AT
+            endpoint = Endpoint("ipv6" if v6 else "ipv4", raw[start:start + (16 if v6 else 4)],
+                                _SPORT.unpack_from(raw, _SPORT_AT - _FAMILY_AT)[0])
+            self.snap.unaccepted[(endpoint, raw[-1])] += count
         self.snap.inode_states.pop(0, None)   # sockets without an fd are not keyed by inode
         for state in states.REPORTED:
             self.snap.counts[("ipv4", state)] += self._per_state[state]
