@@ -249,3 +249,36 @@ def test_doctor_names_the_attach_mode_and_why_it_falls_back():
                               cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert fallback.returncode == 0, fallback.stdout + fallback.stderr
     assert "attach mode tracepoint" in fallback.stdout and "no_btf" in fallback.stdout, fallback.stdout
+
+
+def test_a_gone_namespace_gives_its_slot_back(daemons, workloads):
+    """Two usable namespace slots, three namespaces one after another: the first one's slot
+    is released once it is gone, so the third is still counted under its own name."""
+    port = 21960
+    daemon = daemons("--ebpf", "on", "--collector.bpf.max-netns", "3", "--no-collector.bpf.time-wait",
+                     "--collector.bpf.ports", f"{port}-{port}", "--no-collector.process")
+    names = [f"tcpw-slot-{os.getpid()}-{i}" for i in range(3)]
+
+    def churn_in(name):
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        workloads("churn", netns=name, count=5, **{"listen-port": port}).wait()
+        return wait_for(lambda: (lambda s: s if value(s, "tcpwatch_state_transitions_total", netns=name,
+                                                      **{"from": "syn_sent", "to": "established"}) == 5
+                                 else None)(daemon.scrape()), what=f"5 handshakes counted in {name}")
+
+    try:
+        churn_in(names[0])
+        subprocess.run(["ip", "netns", "del", names[0]], check=True)
+        # Released at the second scrape that misses it with no new events.
+        wait_for(lambda: value(daemon.scrape(), "tcpwatch_ebpf_netns_tracked") == 0, timeout=15,
+                 what="the gone namespace's slot released")
+        churn_in(names[1])
+        samples = churn_in(names[2])
+        assert value(samples, "tcpwatch_ebpf_untracked_total", reason="netns_full") == 0
+        assert value(samples, "tcpwatch_ebpf_netns_tracked") == 2
+        assert value(samples, "tcpwatch_state_transitions_total", netns=names[0],
+                     **{"from": "syn_sent", "to": "established"}) is None
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)

@@ -217,7 +217,8 @@ static __always_inline u32 sock_netns(const void *sk)
 }
 
 /* The namespace slot this CPU resolved last: connections come in runs within one namespace,
- * so this saves most netns_slots lookups. (A slot retired by user space must be cleared here.) */
+ * so this saves most netns_slots lookups. User space clears it on every CPU when it gives a
+ * slot back (sources/bpf.py: release_stale_netns), after removing the inode from netns_slots. */
 struct netns_cached {
     u32 inum;
     u32 slot;
