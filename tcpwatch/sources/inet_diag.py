@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 from errno import errorcode as errno_names
 from collections import Counter
 from itertools import accumulate, compress
@@ -55,7 +56,8 @@ _MSG_MIN_LEN = _NLMSGHDR_LEN + 72
 _DONE_LEN = _NLMSGHDR_LEN + 4                 # NLMSG_DONE carries one int
 
 _RECV_BYTES = 64 * 1024                   # the kernel fills at most ~32 KiB per dump chunk
-_sequence = itertools.count(1)
+# Random first number: the chunk splitter's marker holds it, so a peer cannot predict it.
+_sequence = itertools.count(random.randrange(1, 1 << 30))
 # struct inet_diag_req: family, src_len, dst_len, ext, inet_diag_sockid (48 bytes), states, dbs
 _V1_REQUEST = struct.Struct("=IHHIIBBBB48sII")
 
@@ -132,6 +134,16 @@ def _offsets(data: bytes, words) -> list:
     return offsets
 
 
+class _InodesAt:
+    """Inodes read only where asked: without owners only listeners need theirs."""
+
+    def __init__(self, offsets, words):
+        self._offsets, self._words = offsets, words
+
+    def __getitem__(self, i):
+        return self._words[(self._offsets[i] + _INODE_AT) >> 2]
+
+
 def _gather(indices: list, sequence) -> list:
     """``[sequence[i] for i in indices]`` at C speed (itemgetter), as a list."""
     if not indices:
@@ -191,12 +203,13 @@ class Decoder:
                 return False
             end = offsets[-1] + words[offsets[-1] >> 2]
             rest = size - end
-            types = _gather(list(map((2).__add__, map((1).__rrshift__, offsets))), memoryview(data).cast("H"))
+            types = [struct.unpack_from("=H", data, 4)[0]]   # the split marker holds every type
             state_bytes = bytes(_gather(list(map(_STATE_AT.__add__, offsets)), data))
             family_bytes = bytes(_gather(list(map(_FAMILY_AT.__add__, offsets)), data))
-            inodes = _gather(list(map((_INODE_AT // 4).__add__, map((2).__rrshift__, offsets))), words)
+            inodes = (_gather(list(map((_INODE_AT // 4).__add__, map((2).__rrshift__, offsets))), words)
+                      if self.want_owners else _InodesAt(offsets, words))
         count = len(offsets)
-        if not count or types.count(types[0]) != count or types[0] not in _DIAG_TYPES:
+        if not count or types.count(types[0]) != len(types) or types[0] not in _DIAG_TYPES:
             return False
         if rest not in (0, _DONE_LEN) or (rest and _NLMSGHDR.unpack_from(data, end)[:2] != (_DONE_LEN, NLMSG_DONE)):
             return False
