@@ -104,7 +104,7 @@ class TcpCollector:
         self._close_wait_first_seen = attribution.FirstSeen()
         self._warned_unreadable = False
         self._errors = {COLLECTOR_INET_DIAG: 0, COLLECTOR_PROCESS: 0, COLLECTOR_EBPF: 0, COLLECTOR_NETNS: 0}
-        self._netns_failures = Counter({"vanished": 0, "error": 0})
+        self._netns_failures = Counter({"vanished": 0, "error": 0, "runtime_state": 0})
         self._last_started = float("-inf")
         self._last_families: list = []
 
@@ -369,7 +369,9 @@ class TcpCollector:
         failures = CounterMetricFamily(
             "tcpwatch_netns_read_failures",
             "Namespaces that could not be read during a scrape since tcpwatch started. vanished: "
-            "it ended between discovery and the dump; error: the log says why.",
+            "it ended between discovery and the dump; error: the log says why; runtime_state: a "
+            "container runtime's state file vanished or did not parse while naming (the "
+            "container is named by its id's first 12 digits for that scrape).",
             labels=["reason"])
         for reason, count in sorted(self._netns_failures.items()):
             failures.add_metric([reason], count)

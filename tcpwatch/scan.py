@@ -93,6 +93,9 @@ class NamespaceScanner:
             else:
                 result.dumps.append(item)
         self._reader.retire(set(found.namespaces))
+        runtime_errors = self._runtimes.take_errors()
+        if runtime_errors:
+            result.failures["runtime_state"] += runtime_errors
         result.seconds = {"netns": named - started, "inet_diag": time.perf_counter() - named}
         return result
 
@@ -114,6 +117,7 @@ class NamespaceScanner:
                         "(tcpwatch_netns_unreadable counts the rest)", extra={"error": str(exc)})
         except netns.NamespaceGone:
             failures["vanished"] += 1
+            log.info("network namespace gone before it could be read", extra={"netns": info.name})
         except OSError as exc:
             failures["error"] += 1
             log.error("cannot open a network namespace", extra={"netns": info.name, "error": str(exc)})

@@ -164,3 +164,39 @@ def test_sigterm_mid_scrape(netns, daemons, workloads):
     scraper.join(30)
     assert "Traceback" not in "".join(daemon.log) + daemon.proc.stderr.read()
     wait_for(lambda: bcc_programs() == baseline, timeout=5, what="no program of ours left")
+
+
+def test_namespaces_that_come_and_go_mid_scrape_are_never_an_error(daemons):
+    """ip netns add/del in a loop while tcpwatch, reading every namespace, is scraped: a
+    namespace gone before its dump is skipped (and counted), never a failed collector."""
+    daemon = daemons("--ebpf", "off", "--no-collector.process")
+    stop = threading.Event()
+    made = []
+
+    def churn():
+        for i in range(150):                     # bounded: 150 namespaces, each a few ms
+            if stop.is_set():
+                break
+            name = f"tcpw-vanish-{os.getpid()}-{i}"
+            subprocess.run(["ip", "netns", "add", name], check=True)
+            made.append(name)
+            subprocess.run(["ip", "netns", "del", name], check=True)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        scrapes = []
+        deadline = time.monotonic() + 30
+        while worker.is_alive() and time.monotonic() < deadline:
+            scrapes.append(daemon.scrape())
+    finally:
+        stop.set()
+        worker.join(60)
+        for name in made:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    assert len(scrapes) >= 3
+    for samples in scrapes:
+        assert value(samples, "tcpwatch_scrape_collector_success", collector="inet_diag") == 1
+        assert value(samples, "tcpwatch_netns_read_failures_total", reason="error") == 0
+    daemon.stop()
+    assert "Traceback" not in "".join(daemon.log) + daemon.proc.stderr.read()

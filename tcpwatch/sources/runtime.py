@@ -88,6 +88,7 @@ class Runtimes:
         self._cache = {}
         self._asked = set()
         self._podman_names = {}       # storage file -> (mtime, {id: name})
+        self._errors = 0              # state files that vanished or did not parse
 
     def lookup(self, cid: str) -> Optional[Container]:
         if not cid:
@@ -100,6 +101,11 @@ class Runtimes:
             self._cache[cid] = found
         return self._cache[cid]
 
+    def take_errors(self) -> int:
+        """State files that could not be read since the last call."""
+        errors, self._errors = self._errors, 0
+        return errors
+
     def forget_unasked(self) -> None:
         """End of a scrape: drop ids nobody asked for (their containers are gone)."""
         for cid in [c for c in self._cache if c not in self._asked]:
@@ -111,7 +117,8 @@ class Runtimes:
             try:
                 found = find(cid)
             except (OSError, ValueError) as exc:   # a runtime that vanishes mid-read
-                log.debug("container runtime state not readable", extra={"id": cid, "error": str(exc)})
+                self._errors += 1
+                log.info("container runtime state not readable", extra={"id": cid, "error": str(exc)})
                 continue
             if found is not None:
                 return found
