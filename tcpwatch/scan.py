@@ -55,8 +55,7 @@ class NamespaceScanner:
 
     def _discover(self):
         found = netns.discover(self._proc_root, self._named_dir)
-        if not self._all:   # --no-collector.netns: tcpwatch's own namespace only
-            found.namespaces = {found.own_inode: found.namespaces.get(found.own_inode, netns.NetnsRef(found.own_inode))}
+        if not self._all:   # --no-collector.netns: tcpwatch's own namespace is the "host"
             found.host_inode = found.own_inode
         infos = [namespaces.name_one(ref.inode, found.host_inode,
                                      [self.container_of(pid) for pid in ref.pids], ref.bind_names)
@@ -73,7 +72,11 @@ class NamespaceScanner:
         # Handles first, in this thread (setns happens here, once per new namespace), then
         # the dumps in parallel: each dump's kernel walk runs inside recv(), without the GIL.
         opened = []
-        for inode, ref in sorted(found.namespaces.items(), key=lambda item: item[1].pids[:1] or [1 << 31]):
+        # Every namespace is named (the eBPF program's counters of all of them need labels);
+        # with --no-collector.netns only tcpwatch's own is read.
+        targets = found.namespaces if self._all else {
+            found.own_inode: found.namespaces.get(found.own_inode, netns.NetnsRef(found.own_inode))}
+        for inode, ref in sorted(targets.items(), key=lambda item: item[1].pids[:1] or [1 << 31]):
             handles = self._handles_of(ref, result.infos[inode], result.failures)
             if handles is None:
                 result.unreadable += 1
@@ -92,7 +95,7 @@ class NamespaceScanner:
                 result.unreadable += 1
             else:
                 result.dumps.append(item)
-        self._reader.retire(set(found.namespaces))
+        self._reader.retire(set(targets))
         runtime_errors = self._runtimes.take_errors()
         if runtime_errors:
             result.failures["runtime_state"] += runtime_errors
