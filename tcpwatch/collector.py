@@ -107,6 +107,7 @@ class TcpCollector:
         self._netns_failures = Counter({"vanished": 0, "error": 0, "runtime_state": 0})
         self._last_started = float("-inf")
         self._last_families: list = []
+        self._owner_executor = None
 
     def describe(self):
         return []  # keeps the registry from running a dump at registration
@@ -145,6 +146,9 @@ class TcpCollector:
                                     "1 if the eBPF program is attached and read, 0 if not (see the log).")
         enabled.add_metric([], 1.0 if self._bpf_read is not None else 0.0)
 
+        # The owner walk (/proc/*/fd) runs beside the namespace dumps: both are mostly
+        # syscalls, and neither needs the other until the owners are joined to the sockets.
+        owners = self._owner_pool().submit(self._timed_owner_walk) if opts.process_enabled else None
         scan = None
         started = time.perf_counter()
         try:
@@ -193,14 +197,16 @@ class TcpCollector:
         if opts.process_enabled:
             started = time.perf_counter()
             ok = False
-            if dumped:
-                try:
-                    families.extend(self._process_families(scan, labels, reading, oldest))
+            try:
+                found, walk_seconds = owners.result()
+                if dumped:
+                    families.extend(self._process_families(scan, labels, reading, oldest, found))
                     ok = True
-                except Exception as exc:
-                    self._errors[COLLECTOR_PROCESS] += 1
-                    log.error("process collector failed", extra={"error": str(exc)})
-            durations.add_metric([COLLECTOR_PROCESS], time.perf_counter() - started)
+            except Exception as exc:
+                walk_seconds = 0.0
+                self._errors[COLLECTOR_PROCESS] += 1
+                log.error("process collector failed", extra={"error": str(exc)})
+            durations.add_metric([COLLECTOR_PROCESS], walk_seconds + time.perf_counter() - started)
             success.add_metric([COLLECTOR_PROCESS], 1.0 if ok else 0.0)
 
         build = GaugeMetricFamily("tcpwatch_build_info", "Always 1; the version of tcpwatch running.",
@@ -215,6 +221,18 @@ class TcpCollector:
             errors.add_metric([name], self._errors[name])
         families.extend([oldest, enabled, durations, success, errors, build])
         return families
+
+    def _owner_pool(self):
+        if self._owner_executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._owner_executor = ThreadPoolExecutor(1, thread_name_prefix="owner-walk")
+        return self._owner_executor
+
+    def _timed_owner_walk(self):
+        started = time.perf_counter()
+        found = self._scan_owners(None)
+        return found, time.perf_counter() - started
 
     def _group(self, scan, reading):
         """{inode: label} and {label: _Group}: the top --collector.netns.max-series namespaces
@@ -404,13 +422,15 @@ class TcpCollector:
                 opened.add_metric([label, "passive"], tcp.get("PassiveOpens", 0))
         return result + [aborts, opened]
 
-    def _owner_keys(self, scan) -> dict:
-        """{inode: (comm, container, pod namespace, pod)} for every socket a process holds."""
-        found = self._scan_owners(set().union(*(d.snap.inode_states.keys() for d in scan.dumps)))
+    def _owner_keys(self, scan, found) -> dict:
+        """{inode: (comm, container, pod namespace, pod)} for every TCP socket a process holds."""
+        wanted = set().union(*(d.snap.inode_states.keys() for d in scan.dumps))
         by_pid = {}
         keys = {}
         pids = getattr(found, "pids", {})
         for inode, comm in found.owners.items():
+            if inode not in wanted:   # the walk took every socket fd: unix, netlink, ...
+                continue
             pid = pids.get(inode)
             key = by_pid.get((pid, comm))
             if key is None:
@@ -418,11 +438,12 @@ class TcpCollector:
                 key = by_pid[(pid, comm)] = ((comm, container.name, container.pod_namespace, container.pod)
                                              if container else (comm, "", "", ""))
             keys[inode] = key
-        return keys, found
+        return keys
 
-    def _process_families(self, scan: NetnsScan, labels: dict, reading: Optional[BpfReading], oldest) -> list:
+    def _process_families(self, scan: NetnsScan, labels: dict, reading: Optional[BpfReading], oldest,
+                          found) -> list:
         opts = self._options
-        keys, found = self._owner_keys(scan)
+        keys = self._owner_keys(scan, found)
         now = self._clock()
         cookies = [s.cookie for d in scan.dumps for s in d.snap.close_wait]
         first_seen = dict(self._close_wait_first_seen.update(cookies, now))

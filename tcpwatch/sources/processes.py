@@ -25,7 +25,8 @@ class OwnerScan:
 
 
 def scan(wanted_inodes, proc_root: str = "/proc") -> OwnerScan:
-    """Map each inode in ``wanted_inodes`` to the comm of the lowest pid holding it.
+    """Map each inode in ``wanted_inodes`` (None: every socket) to the comm of the lowest
+    pid holding it.
 
     A process that exits mid-walk is skipped silently (its sockets go with it); one whose fds
     cannot be read for lack of privilege is counted in ``unreadable``.
@@ -75,7 +76,7 @@ def _socket_inodes(fd_dir: int, wanted_inodes, owners, readlink) -> list:
             continue
         if link.startswith(_SOCKET_PREFIX):
             inode = int(link[8:-1])
-            if inode in wanted_inodes and inode not in owners:
+            if (wanted_inodes is None or inode in wanted_inodes) and inode not in owners:
                 found.append(inode)
     return found
 
