@@ -33,6 +33,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	touch $@
 
 bench: setup
+	@scripts/setup-host.sh --bench
 	$(PY) bench/scrape_cost.py $(ARGS)
 
 clean:

@@ -64,8 +64,12 @@ def pairs(listener, addr, n):
 
 
 def time_waits(listener, addr, n):
-    for client, server in pairs(listener, addr, n):
+    # All clients close first: accept() need not return the servers in connect() order, so a
+    # server's FIN is awaited only after every client has sent its own.
+    made = pairs(listener, addr, n)
+    for client, _server in made:
         client.close()
+    for _client, server in made:
         server.recv(1)
         server.close()
 
