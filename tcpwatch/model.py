@@ -157,5 +157,4 @@ class NetnsScan:
     infos: dict = field(default_factory=dict)             # inode -> NetnsInfo, every one found
     unreadable: int = 0                                   # namespaces found but not read
     failures: Counter = field(default_factory=Counter)    # reason -> namespaces, this scrape
-    complete: bool = True                                 # every process's namespace was seen
     seconds: dict = field(default_factory=dict)           # "netns" (discovery, names), "inet_diag" (dumps)

@@ -17,7 +17,6 @@ from .model import NetnsInfo
 
 HOST = "host"
 OTHER = "other"
-KINDS = ("host", "pod", "container", "named", "unnamed")
 
 
 def name_one(inode: int, host_inode: int, containers: Iterable, bind_names: Iterable[str]) -> NetnsInfo:

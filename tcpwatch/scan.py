@@ -67,7 +67,7 @@ class NamespaceScanner:
         self._pid_containers = {}
         self._runtimes.forget_unasked()   # containers nobody asked about last scrape are gone
         found, infos = self._discover()
-        result = NetnsScan(complete=found.unreadable_processes == 0, infos=infos)
+        result = NetnsScan(infos=infos)
         named = time.perf_counter()
         # Handles first, in this thread (setns happens here, once per new namespace), then
         # the dumps in parallel: each dump's kernel walk runs inside recv(), without the GIL.
@@ -110,7 +110,7 @@ class NamespaceScanner:
         return self._executor
 
     def _handles_of(self, ref, info: NetnsInfo, failures: Counter):
-        if self._no_privilege and ref.inode != self._reader_own_inode():
+        if self._no_privilege and ref.inode != self._reader.own_inode:
             return None
         try:
             return self._reader.handles(ref)
@@ -146,9 +146,6 @@ class NamespaceScanner:
         except (OSError, ValueError):
             ports = -1
         return NetnsDump(info, snap, counters, ports)
-
-    def _reader_own_inode(self) -> int:
-        return self._reader._own_inode
 
     def close(self) -> None:
         if self._executor is not None:

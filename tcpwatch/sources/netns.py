@@ -54,7 +54,6 @@ class Discovery:
     namespaces: dict = field(default_factory=dict)   # inode -> NetnsRef
     host_inode: int = 0          # PID 1's namespace, or ours when PID 1's cannot be read
     own_inode: int = 0           # the namespace tcpwatch runs in
-    unreadable_processes: int = 0
 
 
 def discover(proc_root: str = "/proc", named_dir: str = NAMED_NETNS_DIR) -> Discovery:
@@ -67,10 +66,7 @@ def discover(proc_root: str = "/proc", named_dir: str = NAMED_NETNS_DIR) -> Disc
     for pid in pids:
         try:
             inode = stat(f"{proc_root}/{pid}/ns/net").st_ino
-        except PermissionError:
-            found.unreadable_processes += 1
-            continue
-        except OSError:   # exited, or a kernel thread
+        except OSError:   # exited, a kernel thread, or not ours to see
             continue
         ref = refs.get(inode)
         if ref is None:
@@ -226,8 +222,8 @@ class Reader:
             handles.close()
 
     @property
-    def open_count(self) -> int:
-        return len(self._handles)
+    def own_inode(self) -> int:
+        return self._own_inode
 
     def close(self) -> None:
         self.retire(())
@@ -277,6 +273,3 @@ def parse_counters(text: str) -> dict:
                 continue
     return groups
 
-
-def own_inode(proc_root: str = "/proc") -> Optional[int]:
-    return _inode(f"{proc_root}/thread-self/ns/net") or None

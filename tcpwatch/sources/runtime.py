@@ -51,10 +51,6 @@ class Container:
     pod: str = ""
     sandbox: bool = False     # a pod's sandbox (pause) container
 
-    @property
-    def pod_label(self) -> str:
-        return f"{self.pod_namespace}/{self.pod}" if self.pod else ""
-
 
 def container_id(pid: int, proc_root: str = "/proc") -> str:
     """The container id in the process's cgroup path; "" when it runs in no container."""
