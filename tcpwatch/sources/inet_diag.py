@@ -126,10 +126,12 @@ def _offsets(data: bytes, words) -> list:
     # marker k starts at sum(len(pieces[:k+1])) + 12 k; its message 4 bytes before.
     ends = list(accumulate(map((len(marker)).__add__, map(len, pieces))))
     offsets = list(map((-len(marker) - 4).__add__, ends[:-1]))
+    if any(map((3).__and__, offsets)):            # netlink messages are 4-byte aligned
+        return []
     lengths = _gather(list(map((2).__rrshift__, offsets)), words)
     if list(map(sub, offsets[1:], offsets[:-1])) != lengths[:-1] or min(lengths) < _MSG_MIN_LEN:
         return []
-    if any(length % 4 for length in (lengths[-1],)) or offsets[-1] + lengths[-1] > len(data):
+    if lengths[-1] % 4 or offsets[-1] + lengths[-1] > len(data):
         return []
     return offsets
 
@@ -194,6 +196,9 @@ class Decoder:
             end = count * length
             offsets = range(0, end, length)
             types = memoryview(data).cast("H")[2:end // 2:length // 2].tolist()
+            if types.count(types[0]) != count:
+                return False
+            msg_type = types[0]
             state_bytes = data[_STATE_AT:end:length]
             family_bytes = data[_FAMILY_AT:end:length]
             inodes = words[_INODE_AT // 4:end // 4:length // 4].tolist()
@@ -203,13 +208,13 @@ class Decoder:
                 return False
             end = offsets[-1] + words[offsets[-1] >> 2]
             rest = size - end
-            types = [struct.unpack_from("=H", data, 4)[0]]   # the split marker holds every type
+            msg_type = _NLMSGHDR.unpack_from(data)[1]   # the split marker holds every type
             state_bytes = bytes(_gather(list(map(_STATE_AT.__add__, offsets)), data))
             family_bytes = bytes(_gather(list(map(_FAMILY_AT.__add__, offsets)), data))
             inodes = (_gather(list(map((_INODE_AT // 4).__add__, map((2).__rrshift__, offsets))), words)
                       if self.want_owners else _InodesAt(offsets, words))
         count = len(offsets)
-        if not count or types.count(types[0]) != len(types) or types[0] not in _DIAG_TYPES:
+        if not count or msg_type not in _DIAG_TYPES:
             return False
         if rest not in (0, _DONE_LEN) or (rest and _NLMSGHDR.unpack_from(data, end)[:2] != (_DONE_LEN, NLMSG_DONE)):
             return False
