@@ -167,6 +167,17 @@ def overview():
                    "TCPAbortOn*): close with unread data, data after close, timeout, memory, linger.",
                    [target(f"sum by (netns, reason) (rate(tcpwatch_aborts_total{{{SEL}}}[{RATE}])) > 0",
                            "{{netns}} {{reason}}")], unit="ops"),
+        row("Service ports"),
+        timeseries("Connections per service port",
+                   "Connections to ports this host listens on (server side), by port and state; "
+                   "the top --collector.port.server-max-ports ports, the rest as \"other\".",
+                   [target(f'sum by (port, state) (tcpwatch_port_sockets{{{SEL}, side="server"}}) > 0',
+                           "{{port}} {{state}}")], width=12),
+        timeseries("Connections per upstream port",
+                   "Connections this host opened, by the remote port they go to and state: which "
+                   "upstream services (databases, caches, APIs) it talks to and how.",
+                   [target(f'sum by (port, state) (tcpwatch_port_sockets{{{SEL}, side="client"}}) > 0',
+                           "{{port}} {{state}}")], width=12),
         row("State machine"),
         timeseries("State transitions per second",
                    "Changes of state of full sockets, by (from, to), seen by the eBPF program. "
@@ -315,6 +326,19 @@ def close_wait():
                    [target(age, "{{process}} {{netns}} {{instance}}")], unit="s",
                    defaults={"thresholds": thresholds((600, RED)),
                              "custom": {"thresholdsStyle": {"mode": "line"}}}),
+        timeseries("CLOSE_WAIT toward each upstream port (client side)",
+                   "CLOSE_WAIT sockets of connections this host opened, by the remote port they go "
+                   "to (5432 PostgreSQL, 6379 Redis, 443 HTTPS, ...): a pile toward one port is a "
+                   "connection pool that keeps connections the upstream closed.",
+                   [target(f'sum by (instance, netns, port) (tcpwatch_port_sockets{{{SEL}, side="client", '
+                           f'state="close_wait"}}) > 0', "{{port}} {{netns}} {{instance}}")],
+                   width=12),
+        timeseries("CLOSE_WAIT on each service port (server side)",
+                   "CLOSE_WAIT sockets of connections clients made to a port this host listens on: "
+                   "the service on that port does not close connections its clients closed.",
+                   [target(f'sum by (instance, netns, port) (tcpwatch_port_sockets{{{SEL}, side="server", '
+                           f'state="close_wait"}}) > 0', "{{port}} {{netns}} {{instance}}")],
+                   width=12),
         heatmap("Time in CLOSE_WAIT of closed sockets",
                 "How long sockets that did leave CLOSE_WAIT stayed in it. Leaked sockets never "
                 "leave, so they are not here: they are in the age panel.", "close_wait"),

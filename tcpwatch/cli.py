@@ -70,7 +70,9 @@ def run(settings) -> int:
         program = _load_ebpf(settings)
         registry = CollectorRegistry()
         options = CollectorOptions(settings.process_enabled, settings.process_max_series,
-                                   settings.listen_max_ports, settings.netns_max_series)
+                                   settings.listen_max_ports, settings.netns_max_series,
+                                   settings.port_enabled, settings.port_server_max,
+                                   settings.port_client_max, settings.port_include)
         scanner = NamespaceScanner(all_namespaces=settings.netns_enabled,
                                    runtimes=runtime.Runtimes(containerd_state=settings.containerd_state))
         registry.register(TcpCollector(options, scanner.scan, processes.scan,

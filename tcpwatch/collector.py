@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from . import __version__, attribution, histograms, namespaces, states
+from . import __version__, attribution, histograms, namespaces, ports, states
 from .model import KERNEL_HELD, OTHER, UNKNOWN_OWNER, BpfReading, NetnsActivity, NetnsDump, NetnsScan
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ COLLECTOR_INET_DIAG = "inet_diag"
 COLLECTOR_PROCESS = "process"
 COLLECTOR_EBPF = "ebpf"
 COLLECTOR_NETNS = "netns"
+COLLECTOR_PORT = "port"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class CollectorOptions:
     process_max_series: int = 20
     listen_max_ports: int = 64
     netns_max_series: int = 128
+    port_enabled: bool = True
+    port_server_max: int = 10
+    port_client_max: int = 10
+    port_include: frozenset = frozenset()
 
 
 # Kernel counters exported per namespace: (group, field in /proc/net/netstat or snmp).
@@ -63,6 +68,7 @@ class _Group:
         self.time_wait_min_ms = -1
         self.ephemeral_ports = -1
         self.kernel = {}
+        self.ports = {"server": Counter(), "client": Counter()}
         self.activity = NetnsActivity()
         self.has_activity = False
         self.dumped = False
@@ -77,6 +83,8 @@ class _Group:
             self.time_wait_min_ms = remaining
         if alone:   # a sum of port ranges over namespaces means nothing
             self.ephemeral_ports = dump.ephemeral_ports
+        self.ports["server"].update(snap.server_ports)
+        self.ports["client"].update(snap.client_ports)
         for group, fields in dump.kernel_counters.items():
             mine = self.kernel.setdefault(group, Counter())
             mine.update(fields)
@@ -152,7 +160,7 @@ class TcpCollector:
         scan = None
         started = time.perf_counter()
         try:
-            scan = self._namespaces(opts.process_enabled)
+            scan = self._namespaces(opts.process_enabled, want_ports=opts.port_enabled)
         except Exception as exc:  # a failing source must not fail the scrape
             self._errors[COLLECTOR_INET_DIAG] += 1
             log.error("inet_diag collector failed", extra={"error": str(exc)})
@@ -189,6 +197,11 @@ class TcpCollector:
         if scan is not None:
             families.extend(self._socket_families(groups))
             families.extend(self._netns_families(scan, labels, groups))
+            if opts.port_enabled:
+                started = time.perf_counter()
+                families.append(self._port_family(groups))
+                durations.add_metric([COLLECTOR_PORT], time.perf_counter() - started)
+                success.add_metric([COLLECTOR_PORT], 1.0 if dumped else 0.0)
             for label, group in groups.items():
                 if group.time_wait_min_ms >= 0:
                     age = max(0.0, states.TIME_WAIT_SECONDS - group.time_wait_min_ms / 1000.0)
@@ -361,6 +374,27 @@ class TcpCollector:
             if group.ephemeral_ports >= 0:
                 ports.add_metric([label], group.ephemeral_ports)
         return [sockets, length, limit, ports]
+
+    def _port_family(self, groups: dict):
+        opts = self._options
+        family = GaugeMetricFamily(
+            "tcpwatch_port_sockets",
+            "TCP connections per network namespace and service port. side=\"server\": by local "
+            "port, for connections on a port the namespace listens on; side=\"client\": every "
+            f"other connection, by remote port (the upstream service). Top "
+            f"{opts.port_server_max} server and {opts.port_client_max} client ports by "
+            "connections, plus --collector.port.include, the rest under port=\"other\". Listening "
+            "sockets are not counted. established, close_wait and time_wait are exported for "
+            "every port; other states when not 0.",
+            labels=["netns", "port", "side", "state"])
+        for label, group in sorted(groups.items()):
+            if not group.dumped:
+                continue
+            for side, most in (("server", opts.port_server_max), ("client", opts.port_client_max)):
+                for port, counts in ports.top_ports(group.ports[side], most, opts.port_include).items():
+                    for state in ports.exported_states(counts):
+                        family.add_metric([label, port, side, states.name(state)], counts.get(state, 0))
+        return family
 
     def _netns_families(self, scan: NetnsScan, labels: dict, groups: dict) -> list:
         info = GaugeMetricFamily(

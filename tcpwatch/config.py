@@ -109,6 +109,20 @@ def parse_port_range(text):
     return (int(lo), int(hi))
 
 
+def parse_port_list(text) -> frozenset:
+    """``5432,6379`` (or a YAML list of ports) as a set of ports; "" is none."""
+    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    ports = set()
+    for item in items:
+        item = str(item).strip()
+        if item == "":
+            continue
+        if not _digits(item) or not 0 < int(item) <= 65535:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a port (1-65535); want a list like 5432,6379")
+        ports.add(int(item))
+    return frozenset(ports)
+
+
 def _telemetry_path(text) -> str:
     if not isinstance(text, str) or not text.startswith("/") or any(c.isspace() for c in text):
         raise argparse.ArgumentTypeError(f"{text!r} must be a path starting with / and without spaces")
@@ -135,6 +149,10 @@ class RunSettings:
     netns_enabled: bool
     netns_max_series: int
     containerd_state: str
+    port_enabled: bool
+    port_server_max: int
+    port_client_max: int
+    port_include: frozenset
 
 
 def _port(text) -> int:
@@ -185,6 +203,14 @@ _RUN_OPTIONS = (
      "the rest are summed under netns=\"other\""),
     ("--collector.netns.containerd-state", "containerd_state", str, "/run/containerd",
      "containerd's state directory (k3s: /run/k3s/containerd), read for pod and container names"),
+    ("--collector.port.server-max-ports", "port_server_max", _non_negative, 10,
+     "local ports listened on exported per network namespace in tcpwatch_port_sockets "
+     "(those with the most connections) before the rest are summed under port=\"other\""),
+    ("--collector.port.client-max-ports", "port_client_max", _non_negative, 10,
+     "remote ports (upstream services) exported per network namespace in "
+     "tcpwatch_port_sockets before the rest are summed under port=\"other\""),
+    ("--collector.port.include", "port_include", parse_port_list, frozenset(),
+     "ports always exported on both sides, beside the top ones: a comma-separated list, e.g. 5432,6379"),
     ("--ebpf", "ebpf", _ebpf_mode, "auto",
      "auto: use eBPF when it loads, else warn and go on without; on: exit 2 if it cannot load; off"),
     ("--collector.bpf.max-sockets", "bpf_max_sockets", _max_sockets, 65536,
@@ -204,6 +230,8 @@ _BOOL_OPTIONS = (
     ("--collector.process", "process_enabled", True, "attribute sockets to processes (walks /proc/*/fd)"),
     ("--collector.netns", "netns_enabled", True,
      "read every network namespace on the host (needs CAP_SYS_ADMIN); off: tcpwatch's own only"),
+    ("--collector.port", "port_enabled", True,
+     "count sockets per service port (tcpwatch_port_sockets), both sides"),
     ("--collector.bpf.time-wait", "bpf_time_wait", True,
      "time TIME_WAIT sockets through the kernel's timer tracepoints"),
 )
@@ -274,6 +302,9 @@ def load_config_file(path: str) -> dict:
             if dest in kinds:
                 if kinds[dest] is str and not isinstance(value, str):
                     raise argparse.ArgumentTypeError(f"{value!r} must be a string")
+                if kinds[dest] is parse_port_list and (isinstance(value, bool)
+                                                       or not isinstance(value, (str, int, list))):
+                    raise argparse.ArgumentTypeError(f"{value!r} must be a list of ports")
                 values[dest] = kinds[dest](value)
             elif isinstance(value, bool):
                 values[dest] = value

@@ -65,6 +65,8 @@ class DiagSnapshot:
     time_wait_min_remaining_ms: int = -1                     # shortest TIME_WAIT timer left; -1: none
     close_wait: list = field(default_factory=list)           # [CloseWaitSocket]
     netns_inode: int = 0                                      # the namespace dumped; 0: unknown
+    server_ports: Counter = field(default_factory=Counter)   # (local port listened on, state) -> sockets
+    client_ports: Counter = field(default_factory=Counter)   # (remote port, state) -> the other sockets
 
     def total(self) -> int:
         return sum(self.counts.values())

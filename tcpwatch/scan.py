@@ -62,7 +62,7 @@ class NamespaceScanner:
                  for ref in found.namespaces.values()]
         return found, namespaces.unique(infos)
 
-    def scan(self, want_owners: bool) -> NetnsScan:
+    def scan(self, want_owners: bool, want_ports: bool = False) -> NetnsScan:
         started = time.perf_counter()
         self._pid_containers = {}
         self._runtimes.forget_unasked()   # containers nobody asked about last scrape are gone
@@ -84,7 +84,7 @@ class NamespaceScanner:
                 opened.append((ref, result.infos[inode], handles))
 
         def read(item):
-            return self._dump_one(*item, want_owners, result.failures)
+            return self._dump_one(*item, want_owners, want_ports, result.failures)
 
         if len(opened) > 1 and self._parallel > 1:
             dumped = list(self._pool().map(read, opened))
@@ -126,9 +126,9 @@ class NamespaceScanner:
             log.error("cannot open a network namespace", extra={"netns": info.name, "error": str(exc)})
         return None
 
-    def _dump_one(self, ref, info: NetnsInfo, handles, want_owners: bool, failures: Counter):
+    def _dump_one(self, ref, info: NetnsInfo, handles, want_owners: bool, want_ports: bool, failures: Counter):
         try:
-            snap = inet_diag.dump(want_owners, handles.diag, ref.inode)
+            snap = inet_diag.dump(want_owners, handles.diag, ref.inode, want_ports)
         except OSError as exc:
             with self._failure_lock:
                 self._reader.drop(ref.inode)
@@ -156,8 +156,8 @@ class NamespaceScanner:
 def single_namespace(dump, ephemeral_ports=None, name: str = namespaces.HOST):
     """A scan function over one namespace from a plain dump function: for ``snapshot`` of
     the namespace tcpwatch runs in, and for tests with hand-built snapshots."""
-    def scan(want_owners: bool) -> NetnsScan:
-        snap: DiagSnapshot = dump(want_owners)
+    def scan(want_owners: bool, want_ports: bool = False) -> NetnsScan:
+        snap: DiagSnapshot = dump(want_owners, want_ports=want_ports)
         info = NetnsInfo(snap.netns_inode, name, "host")
         ports = ephemeral_ports() if ephemeral_ports is not None else -1
         return NetnsScan(dumps=[NetnsDump(info, snap, {}, ports)], infos={info.inode: info})

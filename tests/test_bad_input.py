@@ -48,6 +48,10 @@ def test_negative_bound():
     assert_rejected(run("run", "--collector.process.max-series", "-1"), "-1")
 
 
+def test_bad_port_list():
+    assert_rejected(run("run", "--collector.port.include", "5432,70000"), "70000")
+
+
 def test_bad_log_level():
     assert_rejected(run("run", "--log.level", "loud"), "loud")
 

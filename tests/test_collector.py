@@ -38,6 +38,8 @@ def hand_built_snapshot():
     snap.close_wait = [CloseWaitSocket(40, 4, Endpoint("ipv4", LOCAL, 8080), LOCAL, 50000),
                        CloseWaitSocket(41, 0, Endpoint("ipv4", LOCAL, 8080), LOCAL, 50001)]
     snap.time_wait_min_remaining_ms = 45000
+    snap.server_ports = Counter({(8080, states.CLOSE_WAIT): 2})
+    snap.client_ports = Counter({(5432, states.ESTABLISHED): 2, (443, states.TIME_WAIT): 4})
     return snap
 
 
@@ -83,7 +85,7 @@ def normalised(text):
 
 def test_golden_exposition():
     clock = Clock()
-    registry, _ = registry_for(lambda want: hand_built_snapshot(), owners, clock,
+    registry, _ = registry_for(lambda want, **_: hand_built_snapshot(), owners, clock,
                                bpf_read=hand_built_reading)
     generate_latest(registry)
     clock.now += 42.0
@@ -102,7 +104,7 @@ def test_golden_exposition_passes_promtool():
 
 def test_ebpf_entry_time_makes_close_wait_age_exact():
     clock = Clock()
-    registry, _ = registry_for(lambda want: hand_built_snapshot(), owners, clock,
+    registry, _ = registry_for(lambda want, **_: hand_built_snapshot(), owners, clock,
                                bpf_read=hand_built_reading)
     samples = parse_metrics(generate_latest(registry).decode())
     # socket 40 entered CLOSE_WAIT at 900 s by the program's clock; the scrape is at 1000 s
@@ -119,7 +121,7 @@ def test_ebpf_entry_time_makes_close_wait_age_exact():
 
 
 def test_without_ebpf_the_gauge_says_so():
-    registry, _ = registry_for(lambda want: hand_built_snapshot(), owners)
+    registry, _ = registry_for(lambda want, **_: hand_built_snapshot(), owners)
     samples = parse_metrics(generate_latest(registry).decode())
     assert value(samples, "tcpwatch_ebpf_enabled") == 0
     assert not [k for k in samples if k[0] == "tcpwatch_state_transitions_total"]
@@ -127,7 +129,7 @@ def test_without_ebpf_the_gauge_says_so():
 
 def test_close_wait_age_grows_between_scrapes_and_is_owned():
     clock = Clock()
-    registry, _ = registry_for(lambda want: hand_built_snapshot(), owners, clock)
+    registry, _ = registry_for(lambda want, **_: hand_built_snapshot(), owners, clock)
     parse_metrics(generate_latest(registry).decode())
     clock.now += 7.5
     samples = parse_metrics(generate_latest(registry).decode())
@@ -137,7 +139,7 @@ def test_close_wait_age_grows_between_scrapes_and_is_owned():
 
 
 def test_failed_dump_fails_both_collectors_but_the_scrape_answers():
-    def broken(want):
+    def broken(want, **_):
         raise OSError("netlink went away")
 
     registry, _ = registry_for(broken, owners)
@@ -152,7 +154,7 @@ def test_failed_owner_scan_leaves_socket_counts():
     def broken(inodes):
         raise PermissionError("no /proc")
 
-    registry, _ = registry_for(lambda want: hand_built_snapshot(), broken)
+    registry, _ = registry_for(lambda want, **_: hand_built_snapshot(), broken)
     samples = parse_metrics(generate_latest(registry).decode())
     assert value(samples, "tcpwatch_scrape_collector_success", collector="inet_diag") == 1
     assert value(samples, "tcpwatch_scrape_collector_success", collector="process") == 0
@@ -163,7 +165,7 @@ def test_concurrent_scrapes_share_one_dump():
     dumps = []
     gate = threading.Event()
 
-    def slow_dump(want):
+    def slow_dump(want, **_):
         dumps.append(1)
         gate.wait(5)
         return hand_built_snapshot()

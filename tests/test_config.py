@@ -47,12 +47,22 @@ def test_config_file_then_flags(tmp_path):
     ("collector.process.max-series: 1.5x\n", "whole number"),
     ("web.telemetry-path: metrics\n", "starting with /"),
     ("web.listen-address: 9787\n", "string"),
+    ("collector.port.include: [5432, http]\n", "'http' is not a port"),
+    ("collector.port.include: true\n", "list of ports"),
 ])
 def test_config_file_errors(tmp_path, body, words):
     path = tmp_path / "c.yml"
     path.write_text(body)
     with pytest.raises(ConfigError, match=words):
         settings(["--config", str(path)])
+
+
+def test_port_include_from_flag_and_file(tmp_path):
+    assert settings(["--collector.port.include", "5432, 6379"]).port_include == {5432, 6379}
+    path = tmp_path / "c.yml"
+    path.write_text("collector.port.include: [443, 5432]\n")
+    assert settings(["--config", str(path)]).port_include == {443, 5432}
+    assert settings([]).port_include == frozenset()
 
 
 def test_empty_config_file_is_fine(tmp_path):

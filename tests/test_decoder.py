@@ -14,9 +14,9 @@ NLMSG_DONE, NLMSG_ERROR = 3, 2
 
 
 def diag_msg(state, inode=0, sport=0, src="127.0.0.1", family=socket.AF_INET, rqueue=0,
-             wqueue=0, cookie=0, attrs=b"", expires=0):
+             wqueue=0, cookie=0, attrs=b"", expires=0, dport=0):
     addr = socket.inet_pton(family, src).ljust(16, b"\0")
-    body = struct.pack("=BBBB", family, state, 0, 0) + struct.pack(">HH", sport, 0)
+    body = struct.pack("=BBBB", family, state, 0, 0) + struct.pack(">HH", sport, dport)
     body += addr + b"\0" * 16 + struct.pack("=IQ", 0, cookie)
     body += struct.pack("=IIIII", expires, rqueue, wqueue, 0, inode) + attrs
     return struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY, 2, 1, 0) + body
@@ -80,17 +80,17 @@ def test_truncated_message_is_an_error_not_a_wrong_count():
         Decoder(DiagSnapshot()).feed(msg[:-8])
 
 
-def snapshot_of(chunks, want_owners=True):
+def snapshot_of(chunks, want_owners=True, want_ports=False):
     snap = DiagSnapshot()
-    decoder = Decoder(snap, want_owners)
+    decoder = Decoder(snap, want_owners, want_ports)
     for chunk in chunks:
         decoder.feed(chunk)
     assert decoder.done
     return snap
 
 
-@pytest.mark.parametrize("want_owners", [True, False])
-def test_uniform_chunks_decode_like_single_messages(want_owners):
+@pytest.mark.parametrize("want_owners,want_ports", [(True, True), (False, False), (False, True)])
+def test_uniform_chunks_decode_like_single_messages(want_owners, want_ports):
     """The column-wise path (one length per chunk) must agree with the per-message walk."""
     import random
 
@@ -100,12 +100,15 @@ def test_uniform_chunks_decode_like_single_messages(want_owners):
     for i in range(300):
         state = rng.choice(states.REPORTED[:6] + (states.CLOSE_WAIT, states.LISTEN, states.LAST_ACK))
         inode = 0 if rng.random() < 0.3 else 1000 + i
-        msgs.append(diag_msg(state, inode=inode, sport=rng.choice([80, 443]), cookie=i,
-                             rqueue=i % 5, wqueue=128, attrs=attr, expires=rng.randrange(1000, 60000)))
+        msgs.append(diag_msg(state, inode=inode, sport=rng.choice([80, 443, 40000 + i]), cookie=i,
+                             rqueue=i % 5, wqueue=128, attrs=attr, expires=rng.randrange(1000, 60000),
+                             dport=rng.choice([5432, 6379, 50000 + i])))
+    msgs.sort(key=lambda m: m[17] != states.LISTEN)   # the kernel sends listeners first
     listeners_first = [diag_msg(states.LISTEN, inode=5, sport=80, src="0.0.0.0", attrs=attr)] + msgs
-    one_chunk = snapshot_of([b"".join(listeners_first) + done()], want_owners)
-    one_by_one = snapshot_of([m for m in listeners_first] + [done()], want_owners)
+    one_chunk = snapshot_of([b"".join(listeners_first) + done()], want_owners, want_ports)
+    one_by_one = snapshot_of([m for m in listeners_first] + [done()], want_owners, want_ports)
     assert one_chunk == one_by_one
+    assert bool(one_chunk.server_ports) == want_ports == bool(one_chunk.client_ports)
     time_wait_timers = [struct.unpack_from("=I", m, 16 + 52)[0] for m in msgs if m[17] == states.TIME_WAIT]
     assert time_wait_timers and one_chunk.time_wait_min_remaining_ms == min(time_wait_timers)
     assert one_chunk.total() == 301
@@ -126,8 +129,8 @@ class ColumnsOnly(Decoder):
         raise AssertionError("chunk walked message by message")
 
 
-@pytest.mark.parametrize("want_owners", [True, False])
-def test_mixed_lengths_and_families_decode_by_columns_like_the_walk(want_owners):
+@pytest.mark.parametrize("want_owners,want_ports", [(True, True), (False, False), (False, True)])
+def test_mixed_lengths_and_families_decode_by_columns_like_the_walk(want_owners, want_ports):
     """A realistic chunk: full sockets of both families (attributes) interleaved with timewait
     and request sockets (none), as the kernel's hash walk returns them."""
     import random
@@ -141,17 +144,36 @@ def test_mixed_lengths_and_families_decode_by_columns_like_the_walk(want_owners)
                             states.CLOSE_WAIT, states.FIN_WAIT2, states.LISTEN))
         full = state not in (states.TIME_WAIT, states.SYN_RECV)
         inode = 1000 + i if full and rng.random() < 0.8 else 0
-        msgs.append(diag_msg(state, inode=inode, sport=rng.choice([80, 443]), src=src, family=family,
-                             cookie=i, rqueue=i % 3, attrs=attr if full else b"",
-                             expires=rng.randrange(1000, 60000)))
+        msgs.append(diag_msg(state, inode=inode, sport=rng.choice([80, 443, 40000 + i]), src=src,
+                             family=family, cookie=i, rqueue=i % 3, attrs=attr if full else b"",
+                             expires=rng.randrange(1000, 60000), dport=rng.choice([5432, 50000 + i])))
+    msgs.sort(key=lambda m: m[17] != states.LISTEN)   # the kernel sends listeners first
     chunk = b"".join(msgs) + done()
     by_columns = DiagSnapshot()
-    decoder = ColumnsOnly(by_columns, want_owners)
+    decoder = ColumnsOnly(by_columns, want_owners, want_ports)
     decoder.feed(chunk)
     by_walk = DiagSnapshot()
-    walker = Decoder(by_walk, want_owners)
+    walker = Decoder(by_walk, want_owners, want_ports)
     walker._feed_each(chunk, 0)
     assert decoder.done and walker.done
     assert by_columns == by_walk
     assert by_columns.counts[("ipv6", states.TIME_WAIT)] and by_columns.counts[("ipv4", states.TIME_WAIT)]
     assert by_columns.total() == 400
+
+
+def test_ports_count_server_side_by_local_port_and_client_side_by_remote_port():
+    """A listener on 8080: its accepted and queued connections are the server side; a
+    connection from an ephemeral port to 5432 is the client side, by remote port."""
+    snap = snapshot_of([
+        diag_msg(states.LISTEN, inode=1, sport=8080, src="0.0.0.0")
+        + diag_msg(states.ESTABLISHED, inode=2, sport=8080, dport=41000)
+        + diag_msg(states.CLOSE_WAIT, inode=3, sport=8080, dport=41001)
+        + diag_msg(states.SYN_RECV, sport=8080, dport=41002),
+        diag_msg(states.CLOSE_WAIT, inode=4, sport=41003, dport=5432)
+        + diag_msg(states.CLOSE_WAIT, inode=5, sport=41004, dport=5432)
+        + diag_msg(states.TIME_WAIT, sport=41005, dport=5432)
+        + diag_msg(states.ESTABLISHED, inode=6, sport=41006, dport=8080) + done()], want_ports=True)
+    assert snap.server_ports == {(8080, states.ESTABLISHED): 1, (8080, states.CLOSE_WAIT): 1,
+                                 (8080, states.SYN_RECV): 1}
+    assert snap.client_ports == {(5432, states.CLOSE_WAIT): 2, (5432, states.TIME_WAIT): 1,
+                                 (8080, states.ESTABLISHED): 1}

@@ -262,10 +262,32 @@ def scenario_traffic(args, held):
     return {"state": "done"}
 
 
+def scenario_ports(args, held):
+    """Service ports with known mixes, ``count`` scaling each: "web" 3k established pairs,
+    "leaky" 2k pairs its clients closed (server side CLOSE_WAIT, client side FIN_WAIT2),
+    "upstream" k pairs it closed itself (the clients' CLOSE_WAIT: a pooled-connection leak
+    toward it), "small" one pair."""
+    k, fam = args.count, args.family
+    ports = {}
+    for name, n, closer in (("web", 3 * k, None), ("leaky", 2 * k, "client"),
+                            ("upstream", k, "server"), ("small", 1, None)):
+        lst = listener(fam)
+        held.append(lst)
+        ports[name] = lst.getsockname()[1]
+        for client, server in pairs(lst, fam, n):
+            if closer == "client":
+                client.shutdown(socket.SHUT_WR)
+            elif closer == "server":
+                server.shutdown(socket.SHUT_WR)
+            held += [client, server]
+    return {"ports": ports}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario", choices=["states", "leak", "listen", "connect", "pairs", "churn",
-                                             "close_wait_for", "fin_wait1_self", "time_wait", "traffic"])
+                                             "close_wait_for", "fin_wait1_self", "time_wait", "traffic",
+                                             "ports"])
     parser.add_argument("--listen-port", type=int, default=0)
     parser.add_argument("--host", help="address to listen on or connect to (default loopback)")
     parser.add_argument("--client-port", type=int, default=0)

@@ -19,9 +19,10 @@ import random
 from errno import errorcode as errno_names
 from collections import Counter
 from itertools import accumulate, compress
-from operator import itemgetter, or_, sub
+from operator import itemgetter, not_, or_, sub
 import socket
 import struct
+import sys
 
 from pyroute2.netlink import NETLINK_SOCK_DIAG, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
 from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY
@@ -43,6 +44,7 @@ _STATE_AT = _NLMSGHDR_LEN + 1
 _U32 = struct.Struct("=I")
 _INODE_AT = _NLMSGHDR_LEN + 68
 _SPORT = struct.Struct(">H")
+_PORTS = struct.Struct("=HH")             # local, remote port as the native u16 view reads them
 _SPORT_AT = _NLMSGHDR_LEN + 4
 _DPORT_AT = _NLMSGHDR_LEN + 6
 _SRC_AT = _NLMSGHDR_LEN + 8
@@ -57,6 +59,7 @@ _DONE_LEN = _NLMSGHDR_LEN + 4                 # NLMSG_DONE carries one int
 
 _RECV_BYTES = 64 * 1024                   # the kernel fills at most ~32 KiB per dump chunk
 # Random first number: the chunk splitter's marker holds it, so a peer cannot predict it.
+_LITTLE_ENDIAN = sys.byteorder == "little"
 _sequence = itertools.count(random.randrange(1, 1 << 30))
 # struct inet_diag_req: family, src_len, dst_len, ext, inet_diag_sockid (48 bytes), states, dbs
 _V1_REQUEST = struct.Struct("=IHHIIBBBB48sII")
@@ -91,20 +94,21 @@ def open_socket() -> socket.socket:
     return sock
 
 
-def dump(want_owners: bool = True, sock=None, netns_inode=None) -> DiagSnapshot:
+def dump(want_owners: bool = True, sock=None, netns_inode=None, want_ports: bool = False) -> DiagSnapshot:
     """Dump every TCP socket of one network namespace, both families in one walk.
 
     ``sock``: a socket from ``open_socket`` (its namespace is the one dumped); without one,
     a fresh socket dumps this thread's namespace. ``want_owners`` keeps the inode of each
     socket so that processes can be matched to it; without it the dump keeps only counts,
-    listeners and CLOSE_WAIT sockets.
+    listeners and CLOSE_WAIT sockets. ``want_ports`` counts sockets per service port
+    (``DiagSnapshot.server_ports`` and ``client_ports``).
     """
     if sock is None:
         with open_socket() as fresh:
-            return dump(want_owners, fresh, _netns_inode())
+            return dump(want_owners, fresh, _netns_inode(), want_ports)
     snap = DiagSnapshot(netns_inode=netns_inode or 0)
     sock.sendall(_request(next(_sequence)))
-    decoder = Decoder(snap, want_owners)
+    decoder = Decoder(snap, want_owners, want_ports)
     while not decoder.done:
         data = sock.recv(_RECV_BYTES)
         if not data:
@@ -134,6 +138,11 @@ def _offsets(data: bytes, words) -> list:
     if lengths[-1] % 4 or offsets[-1] + lengths[-1] > len(data):
         return []
     return offsets
+
+
+def _swap(port: int) -> int:
+    """A port read as a native u16 from its big-endian bytes, back to its number (and back)."""
+    return int.from_bytes(port.to_bytes(2, "big"), "little") if _LITTLE_ENDIAN else port
 
 
 class _InodesAt:
@@ -168,14 +177,25 @@ class Decoder:
     for the few sockets that need more fields: listeners, CLOSE_WAIT, and sockets no fd
     holds yet. A chunk that does not parse that way (an error, a truncated message) is
     walked message by message, which raises the right error.
+
+    Ports (``want_ports``): a socket whose local port some listener of the namespace has is
+    a server-side socket, counted by (local port, state); any other is a client-side one,
+    counted by (remote port, state). The kernel's dump walks the listening hash before the
+    established one, so the listening ports are known before the first connection arrives.
+    Ports are kept byte-swapped (as the native u16 view of their big-endian bytes reads
+    them) until ``_finish``, so that the chunk path never converts one.
     """
 
-    def __init__(self, snap: DiagSnapshot, want_owners: bool = True):
+    def __init__(self, snap: DiagSnapshot, want_owners: bool = True, want_ports: bool = False):
         self.snap = snap
         self.want_owners = want_owners
+        self.want_ports = want_ports
         self.done = False
         self._per_state = [0] * 32        # state, +16 for IPv6
         self._unaccepted = Counter()      # raw (family .. source address, state) -> sockets
+        self._listening = set()           # local ports of listeners, byte-swapped
+        self._server = Counter()          # (swapped local port, state) -> sockets
+        self._client = Counter()          # (swapped remote port, state) -> sockets
 
     def feed(self, data: bytes) -> None:
         """Decode one recv()'s worth of netlink messages."""
@@ -202,6 +222,10 @@ class Decoder:
             state_bytes = data[_STATE_AT:end:length]
             family_bytes = data[_FAMILY_AT:end:length]
             inodes = words[_INODE_AT // 4:end // 4:length // 4].tolist()
+            if self.want_ports:
+                halves = memoryview(data).cast("H")
+                local_ports = halves[_SPORT_AT // 2:end // 2:length // 2].tolist()
+                remote_ports = halves[_DPORT_AT // 2:end // 2:length // 2].tolist()
         else:
             offsets = _offsets(data, words)
             if not offsets:
@@ -213,6 +237,10 @@ class Decoder:
             family_bytes = bytes(_gather(list(map(_FAMILY_AT.__add__, offsets)), data))
             inodes = (_gather(list(map((_INODE_AT // 4).__add__, map((2).__rrshift__, offsets))), words)
                       if self.want_owners else _InodesAt(offsets, words))
+            if self.want_ports:
+                halves = memoryview(data).cast("H")
+                local_ports = _gather(list(map((_SPORT_AT // 2).__add__, map((1).__rrshift__, offsets))), halves)
+                remote_ports = _gather(list(map((_DPORT_AT // 2).__add__, map((1).__rrshift__, offsets))), halves)
         count = len(offsets)
         if not count or msg_type not in _DIAG_TYPES:
             return False
@@ -241,6 +269,8 @@ class Decoder:
             while i >= 0:
                 self._note_special(data, offsets[i], state, inodes[i])
                 i = state_bytes.find(state, i + 1)
+        if self.want_ports:
+            self._count_ports(state_bytes, local_ports, remote_ports)
         if self.want_owners and (state_bytes.count(states.ESTABLISHED) or state_bytes.count(states.SYN_RECV)):
             # No fd yet: counted per (local end, state) as raw bytes, made Endpoints at the end.
             unaccepted = self._unaccepted
@@ -254,6 +284,17 @@ class Decoder:
         if rest:
             self._finish()
         return True
+
+    def _count_ports(self, state_bytes: bytes, local_ports: list, remote_ports: list) -> None:
+        """Server- and client-side counts of one chunk, picked out in C (see the class doc)."""
+        listening = self._listening
+        i = state_bytes.find(states.LISTEN)
+        while i >= 0:
+            listening.add(local_ports[i])
+            i = state_bytes.find(states.LISTEN, i + 1)
+        server = list(map(listening.__contains__, local_ports))
+        self._server.update(compress(zip(local_ports, state_bytes), server))
+        self._client.update(compress(zip(remote_ports, state_bytes), map(not_, server)))
 
     def _feed_each(self, data: bytes, offset: int) -> None:
         per_state = self._per_state
@@ -269,6 +310,9 @@ class Decoder:
                 state = data[offset + _STATE_AT]
                 per_state[(state & 15) + (16 if data[offset + _FAMILY_AT] == socket.AF_INET6 else 0)] += 1
                 inode = unpack_u32(data, offset + _INODE_AT)[0]
+                if self.want_ports:
+                    local, remote = _PORTS.unpack_from(data, offset + _SPORT_AT)
+                    self._count_ports(bytes((state,)), [local], [remote])
                 if inode_states is not None:
                     inode_states[inode] = state
                 if state == states.LISTEN or (inode_states is not None and (
@@ -320,6 +364,11 @@ class Decoder:
                                 _SPORT.unpack_from(raw, _SPORT_AT - _FAMILY_AT)[0])
             self.snap.unaccepted[(endpoint, raw[-1])] += count
         self.snap.inode_states.pop(0, None)   # sockets without an fd are not keyed by inode
+        if self.want_ports:
+            for mine, theirs in ((self._server, self.snap.server_ports), (self._client, self.snap.client_ports)):
+                for (swapped, state), count in mine.items():
+                    if state != states.LISTEN:
+                        theirs[(_swap(swapped), state)] += count
         for state in states.REPORTED:
             self.snap.counts[("ipv4", state)] += self._per_state[state]
             self.snap.counts[("ipv6", state)] += self._per_state[16 + state]
