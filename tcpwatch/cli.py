@@ -52,6 +52,7 @@ def run(settings) -> int:
     from .collector import CollectorOptions, ServerCollector, TcpCollector
     from .scan import NamespaceScanner
     from .sources import processes, runtime
+    from .state_api import StateApi
 
     logs.configure(settings.log_level, settings.log_format)
     _name_process("tcpwatch")
@@ -75,13 +76,16 @@ def run(settings) -> int:
                                    settings.port_client_max, settings.port_include)
         scanner = NamespaceScanner(all_namespaces=settings.netns_enabled,
                                    runtimes=runtime.Runtimes(containerd_state=settings.containerd_state))
-        registry.register(TcpCollector(options, scanner.scan, processes.scan,
-                                       bpf_read=program.read if program else None,
-                                       container_of=scanner.container_of,
-                                       bpf_release=program.release_stale_netns if program else None))
+        collector = TcpCollector(options, scanner.scan, processes.scan,
+                                 bpf_read=program.read if program else None,
+                                 container_of=scanner.container_of,
+                                 bpf_release=program.release_stale_netns if program else None)
+        registry.register(collector)
+        api = StateApi(collector.collect)
+        collector.observers.append(api.observe)
         registry.register(ProcessCollector(registry=None))
         registry.register(ServerCollector(http.stats))
-        server.set_registry(http, registry)
+        server.set_registry(http, registry, api)
         address = server.bound_address(http)
         log.info("listening", extra={"address": address, "path": settings.telemetry_path,
                                      "version": __version__, "ebpf": program is not None,

@@ -116,6 +116,7 @@ class TcpCollector:
         self._last_started = float("-inf")
         self._last_families: list = []
         self._owner_executor = None
+        self.observers = []   # called with every fresh collection's families (the state API)
 
     def describe(self):
         return []  # keeps the registry from running a dump at registration
@@ -127,6 +128,11 @@ class TcpCollector:
                 return list(self._last_families)
             self._last_started = self._clock()
             self._last_families = self._collect_now()
+            for observe in self.observers:
+                try:
+                    observe(self._last_families)
+                except Exception as exc:   # the page's history must never fail a scrape
+                    log.error("collection observer failed", extra={"error": repr(exc)})
             return list(self._last_families)
 
     def _collect_now(self) -> list:

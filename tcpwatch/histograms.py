@@ -23,3 +23,20 @@ def cumulative_buckets(slots) -> list:
         buckets.append((2.0 ** (FIRST_SLOT + j) / 1e9, running))
     buckets.append((float("inf"), sum(slots)))
     return buckets
+
+
+def quantile(q: float, buckets) -> float | None:
+    """The q-quantile of cumulative buckets [(le, count)] (+Inf last), interpolated linearly
+    inside the bucket as PromQL's histogram_quantile does; None when nothing was observed.
+    A rank in the +Inf bucket gives the highest finite bound."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0
+    for le, count in buckets:
+        if count >= rank and count > below:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * (rank - below) / (count - below)
+        lower, below = le, count
+    return lower

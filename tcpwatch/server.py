@@ -1,5 +1,6 @@
-"""The HTTP endpoint: metrics on the telemetry path, a landing page on /, health on /-/healthy
-and /-/ready, 404 elsewhere; optional TLS and basic auth (``webconfig``).
+"""The HTTP endpoint: metrics on the telemetry path, the live state-machine page on / (its
+script and style under /static/, its data from /api/v1/state), health on /-/healthy and
+/-/ready, 404 elsewhere; optional TLS and basic auth (``webconfig``) on every path.
 
 tcpwatch runs on every server, so its HTTP server must not become the problem it watches.
 Hostile or careless clients are bounded three ways:
@@ -24,6 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 from prometheus_client.exposition import choose_encoder
 
@@ -57,11 +59,31 @@ class HttpStats:
             getattr(self, counter)[key] += 1
 
 
+# The page and its two files, from the package (tcpwatch/web): no CDN, works offline.
+_STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
+           "/static/tcpwatch.js": ("tcpwatch.js", "text/javascript; charset=utf-8"),
+           "/static/tcpwatch.css": ("tcpwatch.css", "text/css; charset=utf-8")}
+# The page runs only its own script and talks only to this daemon; process names in the
+# data are set as text, never as markup.
+_PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                            "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
+                                            "form-action 'self'; frame-ancestors 'none'",
+                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                 "Cache-Control": "no-cache"}
+
+
+def _static_files(telemetry_path: str) -> dict:
+    from importlib import resources
+
+    files = {}
+    for path, (name, content_type) in _STATIC.items():
+        body = resources.files("tcpwatch.web").joinpath(name).read_text(encoding="utf-8")
+        files[path] = (content_type, body.replace("{{TELEMETRY_PATH}}", telemetry_path).encode())
+    return files
+
+
 def _handler_class(holder: dict, telemetry_path: str, stats: HttpStats):
-    landing = (
-        "<html><head><title>tcpwatch</title></head><body><h1>tcpwatch</h1>"
-        f'<p><a href="{telemetry_path}">Metrics</a></p></body></html>'
-    ).encode()
+    static = _static_files(telemetry_path)
 
     class Handler(BaseHTTPRequestHandler):
         timeout = REQUEST_TIMEOUT_SECONDS
@@ -85,7 +107,7 @@ def _handler_class(holder: dict, telemetry_path: str, stats: HttpStats):
                 self._reply(401, "text/plain; charset=utf-8", b"unauthorized\n",
                             {"WWW-Authenticate": 'Basic realm="tcpwatch", charset="UTF-8"'})
                 return
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             if path == telemetry_path:
                 registry = holder.get("registry")
                 if registry is None:
@@ -93,8 +115,16 @@ def _handler_class(holder: dict, telemetry_path: str, stats: HttpStats):
                     return
                 encoder, content_type = choose_encoder(self.headers.get("Accept"))
                 self._reply(200, content_type, encoder(registry))
-            elif path == "/":
-                self._reply(200, "text/html; charset=utf-8", landing)
+            elif path in static:
+                self._reply(200, *static[path], _PAGE_HEADERS)
+            elif path == "/api/v1/state":
+                api = holder.get("state_api")
+                if api is None:
+                    self._reply(503, "application/json", b'{"error": "starting"}\n')
+                    return
+                status, body = api.respond(parse_qs(query))
+                self._reply(status, "application/json", body, {"Cache-Control": "no-store",
+                                                               "X-Content-Type-Options": "nosniff"})
             elif path == "/-/healthy":      # liveness: the HTTP loop answers
                 self._reply(200, "text/plain; charset=utf-8", b"ok\n")
             elif path == "/-/ready":        # readiness: collectors set up, scrapes will answer
@@ -267,7 +297,9 @@ def bind(address: ListenAddress, registry, telemetry_path: str, web=None) -> Thr
     return _bind(address, _handler_class(holder, telemetry_path, stats), holder, stats)
 
 
-def set_registry(server, registry) -> None:
+def set_registry(server, registry, state_api=None) -> None:
+    """Serve /metrics from ``registry`` and /api/v1/state from ``state_api`` from now on."""
+    server.registry_holder["state_api"] = state_api
     server.registry_holder["registry"] = registry
 
 

@@ -5,6 +5,7 @@ Every wait polls with a deadline; every process started here is stopped at teard
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -199,3 +200,38 @@ class Daemon:
 
 def is_root():
     return os.geteuid() == 0
+
+
+@contextlib.contextmanager
+def delayed_pair(prefix, one_way_ms, max_seconds=120):
+    """Two fresh namespaces (yielded as names) joined by ``delay_link.py``: 198.18.0.1 in
+    the first, 198.18.0.2 in the second, every packet ``one_way_ms`` late. Removed after."""
+    a, b = f"{prefix}-a-{os.getpid()}", f"{prefix}-b-{os.getpid()}"
+    link = None
+    try:
+        for name in (a, b):
+            subprocess.run(["ip", "netns", "add", name], check=True)
+            subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        link = subprocess.Popen([PYTHON, str(ROOT / "tests" / "delay_link.py"), a, b, str(one_way_ms),
+                                 str(max_seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert link.stdout.readline().strip() == "ready"
+        yield a, b
+    finally:
+        if link:
+            link.stdin.close()
+            link.wait(10)
+        for name in (a, b):
+            subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def hashed(password):
+    """A bcrypt hash for a web config's basic_auth_users (cheap rounds: tests only)."""
+    import bcrypt
+
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+
+
+def write_config(pki, body):
+    path = pki / "web.yml"
+    path.write_text(body)
+    return path

@@ -1,5 +1,6 @@
 """The daemon end to end: real sockets in a private netns, scraped over HTTP, stopped by signal."""
 
+import json
 import signal
 import subprocess
 import time
@@ -82,7 +83,12 @@ def test_ephemeral_ports_come_from_the_namespace_sysctl(netns, daemons):
 
 def test_paths_and_sigterm(netns, daemons):
     daemon = daemons("--web.telemetry-path", "/tcp", netns=netns)
-    assert daemon.get("/")[0] == 200
+    status, page = daemon.get("/")
+    assert status == 200 and 'href="/tcp"' in page and "static/tcpwatch.js" in page
+    assert daemon.get("/static/tcpwatch.js")[0] == daemon.get("/static/tcpwatch.css")[0] == 200
+    status, body = daemon.get("/api/v1/state?netns=host")
+    assert status == 200 and json.loads(body)["netns"]["host"]["states"]["listen"] >= 1
+    assert daemon.get("/api/v1/state?netns=nowhere")[0] == 404
     assert daemon.get("/metrics")[0] == 404
     assert daemon.get("/-/healthy") == (200, "ok\n")
     assert daemon.get("/-/ready") == (200, "ready\n")

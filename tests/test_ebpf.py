@@ -9,13 +9,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from helpers import Daemon, Workload, series, ss_counts, value, wait_for
+from helpers import Daemon, Workload, delayed_pair, series, ss_counts, value, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -131,35 +129,21 @@ def test_syn_sent_duration_matches_a_known_round_trip_time(attach):
     """Two namespaces joined by tun devices and a forwarder that delays each packet 40 ms
     each way: every handshake's SYN_SENT lasts one round trip, 80 ms."""
     one_way_ms, k = 40, 8
-    a, b = f"tcpw-rtt-a-{os.getpid()}", f"tcpw-rtt-b-{os.getpid()}"
-    for name in (a, b):
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-    link = None
-    daemon = None
-    try:
-        link = subprocess.Popen([sys.executable, str(Path(__file__).parent / "delay_link.py"), a, b,
-                                 str(one_way_ms), "120"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert link.stdout.readline().strip() == "ready"
+    with delayed_pair("tcpw-rtt", one_way_ms) as (a, b):
         daemon = Daemon("--ebpf", "on", "--collector.bpf.attach", attach, "--collector.bpf.ports", "21600-21699",
                         netns=a)
-        before = histogram(daemon.scrape(), "syn_sent")
-        server = Workload("listen", netns=b, count=k, host="198.18.0.2", **{"listen-port": 21601})
-        Workload("connect", netns=a, count=k, port=21601, host="198.18.0.2").stop()
-        server.stop()
-        after = wait_for(lambda: (lambda h: h if h[0] - before[0] == k else None)(histogram(daemon.scrape(), "syn_sent")),
-                         what=f"{k} syn_sent observations")
-        mean = (after[1] - before[1]) / k
-        rtt = 2 * one_way_ms / 1000
-        assert abs(mean - rtt) <= 0.15 * rtt, mean
-    finally:
-        if daemon:
+        try:
+            before = histogram(daemon.scrape(), "syn_sent")
+            server = Workload("listen", netns=b, count=k, host="198.18.0.2", **{"listen-port": 21601})
+            Workload("connect", netns=a, count=k, port=21601, host="198.18.0.2").stop()
+            server.stop()
+            after = wait_for(lambda: (lambda h: h if h[0] - before[0] == k else None)(
+                histogram(daemon.scrape(), "syn_sent")), what=f"{k} syn_sent observations")
+            mean = (after[1] - before[1]) / k
+            rtt = 2 * one_way_ms / 1000
+            assert abs(mean - rtt) <= 0.15 * rtt, mean
+        finally:
             daemon.stop()
-        if link:
-            link.stdin.close()
-            link.wait(10)
-        for name in (a, b):
-            subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from helpers import SS_STATES, in_netns, parse_metrics, wait_for
+from helpers import SS_STATES, in_netns, wait_for
 
 pytestmark = pytest.mark.root
 

@@ -6,45 +6,14 @@ import http.client
 import signal
 import socket
 import ssl
-import subprocess
 import time
 
-import bcrypt
 import pytest
 
-from helpers import parse_metrics, value, wait_for
+from helpers import hashed, parse_metrics, value, wait_for, write_config
 from test_bad_input import assert_rejected, run
 
 PASSWORD = "s3cret pass"
-
-
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by it."""
-    d = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-            "-subj", "/CN=tcpwatch test CA", "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
-    for name, extension in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
-        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}",
-                "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
-        (d / f"{name}.ext").write_text(extension + "\n")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d)
-    return d
-
-
-def hashed(password):
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
-
-
-def write_config(pki, body):
-    path = pki / "web.yml"
-    path.write_text(body)
-    return path
 
 
 def get(port, path="/metrics", user=None, password=None, tls=None):

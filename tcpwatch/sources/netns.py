@@ -20,7 +20,6 @@ import errno
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional
 
 from . import inet_diag
 
