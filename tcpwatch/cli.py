@@ -156,6 +156,8 @@ def _name_process(name: str) -> None:
 
 
 def snapshot(args) -> int:
+    if args.from_url is not None or args.from_config is not None:
+        return snapshot_from(args)
     from . import report
     from .scan import NamespaceScanner
     from .sources import processes, runtime
@@ -175,6 +177,18 @@ def snapshot(args) -> int:
     finally:
         scanner.close()
     print(json.dumps(result) if args.json else report.render_all(result))
+    return 0
+
+
+def snapshot_from(args) -> int:
+    """``snapshot --from URL``: a running daemon's view, through its /api/v1/state."""
+    from . import remote, report
+
+    if args.from_url is None:
+        raise ConfigError("--from.config needs --from URL")
+    config = remote.load_client_config(args.from_config)
+    document = remote.fetch_state(args.from_url, config, args.netns)
+    print(json.dumps(document) if args.json else report.render_state(document, args.top))
     return 0
 
 

@@ -267,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="containerd's state directory, for pod and container names (as for run)")
     snap.add_argument("--netns", metavar="NAME", help="only this network namespace (its netns label: "
                       "host, NAMESPACE/POD, a container or ip netns name)")
+    snap.add_argument("--from", dest="from_url", metavar="URL",
+                      help="read a running daemon (http(s)://HOST:PORT) instead of dumping: exact "
+                      "CLOSE_WAIT ages, handshake times and transition rates")
+    snap.add_argument("--from.config", dest="from_config", metavar="FILE",
+                      help="credentials and TLS for --from: basic_auth and tls_config, as in a "
+                      "Prometheus scrape config")
     return parser
 
 

@@ -69,3 +69,72 @@ def render_all(report: dict) -> str:
         parts.append(f"({report['unreadable_namespaces']} network namespaces could not be read: "
                      "tcpwatch needs CAP_SYS_ADMIN to enter them)")
     return "\n\n".join(parts)
+
+
+def _age(seconds) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.3g}ms" if seconds < 1 else f"{seconds:.3g}s"
+
+
+def render_state(document: dict, top: int) -> str:
+    """``snapshot --from``: a running daemon's /api/v1/state for a person. Unlike a one-shot
+    dump it knows exact CLOSE_WAIT ages, handshake times and transition rates."""
+    window = document.get("rate_window_seconds")
+    parts = []
+    for name, ns in document["netns"].items():
+        kind = ns.get("kind") or "aggregate"
+        lines = [f"== netns {name} ({kind}) =="]
+        lines.append(f"{'STATE':<12} {'SOCKETS':>8}")
+        lines += [f"{state:<12} {count:>8}" for state, count in ns["states"].items()]
+        lines += ["", "CLOSE_WAIT owners (the peer closed; the process has not called close())"]
+        if ns["close_wait_owners"]:
+            lines.append(f"  {'PROCESS':<20} {'CONTAINER/POD':<28} {'SOCKETS':>8} {'OLDEST':>8}")
+            for row in ns["close_wait_owners"][:top]:
+                where = f"{row['pod_namespace']}/{row['pod']}" if row["pod"] else row["container"]
+                lines.append(f"  {row['process']:<20} {where:<28} {row['sockets']:>8} "
+                             f"{_age(row['oldest_age_seconds']):>8}")
+        else:
+            lines.append("  none")
+        if ns.get("time_wait_oldest_age_seconds") is not None:
+            lines.append(f"  oldest TIME_WAIT: {_age(ns['time_wait_oldest_age_seconds'])}")
+        lines += ["", "Listen queues, fullest first"]
+        if ns["listen_queues"]:
+            lines.append(f"  {'PORT':>6} {'QUEUED':>8} {'LIMIT':>8}")
+            lines += [f"  {row['port']:>6} {row['length']:>8} {row['limit']:>8}" for row in ns["listen_queues"][:top]]
+        else:
+            lines.append("  none")
+        if not document["ebpf"]:
+            lines += ["", "Handshakes and transitions: the daemon runs without eBPF"]
+        else:
+            lines += ["", "Handshakes" + (f" (last {window:.0f}s)" if window else "")]
+            if ns["handshakes"]:
+                lines.append(f"  {'STATE':<9} {'P50':>9} {'P90':>9} {'P99':>9} {'COUNT':>7}")
+                for state, h in ns["handshakes"].items():
+                    lines.append(f"  {state:<9} {_duration(h['p50_seconds']):>9} {_duration(h['p90_seconds']):>9} "
+                                 f"{_duration(h['p99_seconds']):>9} {h['count']:>7}"
+                                 + ("" if h["window_seconds"] else "  (since tcpwatch started)"))
+            else:
+                lines.append("  none seen")
+            moving = [t for t in ns["transitions"] if t["total"]]
+            lines += ["", "Transitions" + (f" per second (last {window:.0f}s)" if window else
+                                           " (no rate: the daemon has one reading only)")]
+            if moving:
+                lines.append(f"  {'FROM':<12} {'TO':<12} {'PER SEC':>9} {'TOTAL':>10}")
+                for t in sorted(moving, key=lambda t: -(t["per_second"] or 0))[:top]:
+                    rate = "-" if t["per_second"] is None else f"{t['per_second']:.3g}"
+                    lines.append(f"  {t['from']:<12} {t['to']:<12} {rate:>9} {t['total']:>10}")
+            else:
+                lines.append("  none")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)

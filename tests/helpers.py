@@ -235,3 +235,9 @@ def write_config(pki, body):
     path = pki / "web.yml"
     path.write_text(body)
     return path
+
+
+def tls_and_auth_config(pki, user, password):
+    """A web config serving TLS with the test CA's server certificate, and one user."""
+    return write_config(pki, f"tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+                             f"basic_auth_users:\n  {user}: {hashed(password)}\n")

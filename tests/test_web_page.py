@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, Workload, delayed_pair, hashed, parse_metrics, value, wait_for, write_config
+from helpers import ROOT, Workload, delayed_pair, parse_metrics, tls_and_auth_config, value, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -182,13 +182,7 @@ def test_page_draws_what_metrics_say_for_a_known_workload(browser, workloads, da
 
 
 def test_page_works_behind_tls_and_basic_auth_and_without_ebpf(browser, pki, daemons, workloads):
-    config = write_config(pki, f"""
-tls_server_config:
-  cert_file: server.crt
-  key_file: server.key
-basic_auth_users:
-  viewer: {hashed(PASSWORD)}
-""")
+    config = tls_and_auth_config(pki, "viewer", PASSWORD)
     daemon = daemons("--ebpf", "off", "--web.config.file", str(config))
     workloads("leak", count=3, comm="tlsleak")
     port = daemon.address.rsplit(":", 1)[1]
