@@ -254,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--port", type=_port, help="only connections with this local or remote port")
     trace.add_argument("--state", type=_state_name, help="only transitions from or to this state")
     trace.add_argument("--duration", type=_seconds, help="stop after this many seconds")
+    trace.add_argument("--ladder", action="store_true",
+                       help="draw each connection, once it is over, as a ladder: a column per end "
+                       "on this host, a row per transition, TIME_WAIT to its end")
+    trace.add_argument("--ladder.timeout", dest="ladder_timeout", type=_seconds, default=90.0,
+                       help="draw a connection quiet this many seconds as far as it got (default 90: "
+                       "longer than TIME_WAIT's 60 s)")
     trace.add_argument("--attach", type=_attach_mode, default="auto",
                        help="how to attach: auto, tp_btf or tracepoint (as --collector.bpf.attach)")
     doctor = commands.add_parser("doctor", help="check what eBPF needs here and how to fix what is missing")

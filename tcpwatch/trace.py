@@ -24,9 +24,14 @@ def _address(family: int, raw) -> str:
 
 
 def trace(args) -> int:
+    if args.ladder and args.state:
+        raise ConfigError("--state does not apply to --ladder: a ladder shows every change of a connection")
+    if args.ladder and args.json:
+        raise ConfigError("--json does not apply to --ladder")
     try:
+        # Only the ladder follows timewait sockets to their end (their timers' tracepoints).
         program = bpf.BpfProgram(max_sockets=65536, port_range=(args.port, args.port) if args.port else None,
-                                 track_time_wait=False, emit_events=True, attach=args.attach)
+                                 track_time_wait=args.ladder, emit_events=True, attach=args.attach)
     except bpf.BpfUnavailable as exc:
         raise ConfigError(f"trace needs eBPF: {exc}") from None
     from .scan import NamespaceScanner
@@ -54,6 +59,8 @@ def trace(args) -> int:
     wanted = states.BY_NAME.get(args.state) if args.state else None
 
     def show(event):
+        if event.oldstate == states.TIME_WAIT:   # the ladder's; the plain forms stay as they were
+            return
         if wanted is not None and wanted not in (event.oldstate, event.newstate):
             return
         t = event.tuple
@@ -77,15 +84,52 @@ def trace(args) -> int:
             print(f"{stamp} {record['netns_name']:<20} {record['local']:>28} {record['remote']:>28} "
                   f"{record['from']:>11} -> {record['to']:<11} {dwell}", flush=True)
 
-    deadline = time.monotonic() + args.duration if args.duration else None
-    try:
+    if args.ladder:
+        on_event, each_turn, at_end = _ladders(program, args, netns_name, wall_offset)
+    else:
+        on_event, each_turn, at_end = show, None, None
         if not args.json:
             print(f"{'TIME':15} {'NETNS':<20} {'LOCAL':>28} {'REMOTE':>28} {'FROM':>11}    {'TO':<11} IN FROM", flush=True)
+    deadline = time.monotonic() + args.duration if args.duration else None
+    try:
         while not stopping and (deadline is None or time.monotonic() < deadline):
-            program.poll_events(show, timeout_ms=100)
+            program.poll_events(on_event, timeout_ms=100)
+            if each_turn:
+                each_turn()
+        if at_end:
+            at_end()
     except BrokenPipeError:
         pass
     finally:
         program.close()
         scanner.close()
     return 0
+
+
+def _ladders(program, args, netns_name, wall_offset):
+    """``trace --ladder`` (see ladder.py): (per event, per poll turn, at the end) callbacks;
+    each connection is drawn once it is over."""
+    from . import ladder
+
+    traced_tw = program.time_wait_tracked
+    ladders = ladder.Ladders(timeout=args.ladder_timeout, time_wait_traced=traced_tw)
+
+    def draw(conns, stopped=False):
+        for conn in conns:
+            print(ladder.render(conn, now=time.time(), stopped=stopped, time_wait_traced=traced_tw) + "\n",
+                  flush=True)
+
+    def take(event):
+        t = event.tuple
+        step = ladder.Step(
+            time=event.ts_ns / 1e9 + wall_offset, netns=t.netns, netns_name=netns_name(t.netns),
+            local=f"{_address(t.family, t.saddr)}:{t.sport}", remote=f"{_address(t.family, t.daddr)}:{t.dport}",
+            old=states.name(event.oldstate), new=states.name(event.newstate), cookie=event.cookie,
+            pid=event.pid, comm=event.comm.decode("utf-8", "replace"))
+        draw(ladders.add(step))
+
+    print("tracing: each connection is drawn once it is over (TIME_WAIT included); "
+          "Ctrl-C draws the rest", flush=True)
+    if not traced_tw:
+        print("(the end of TIME_WAIT cannot be traced here: ladders stop at fin_wait2 -> close)", flush=True)
+    return take, lambda: draw(ladders.expire(time.time())), lambda: draw(ladders.drain(), stopped=True)

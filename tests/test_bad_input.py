@@ -52,6 +52,12 @@ def test_bad_port_list():
     assert_rejected(run("run", "--collector.port.include", "5432,70000"), "70000")
 
 
+def test_ladder_does_not_combine_with_json_or_state():
+    assert_rejected(run("trace", "--ladder", "--json"), "--json")
+    assert_rejected(run("trace", "--ladder", "--state", "close_wait"), "--state")
+    assert_rejected(run("trace", "--ladder.timeout", "0"), "0")
+
+
 def test_bad_log_level():
     assert_rejected(run("run", "--log.level", "loud"), "loud")
 

@@ -172,10 +172,13 @@ BPF_PERCPU_ARRAY(counters, u64, C_MAX);
 struct event {
     u64 ts_ns;
     u64 dwell_ns;             /* time in oldstate, 0 when unknown */
-    u64 cookie;               /* 0 in tracepoint mode */
+    u64 cookie;               /* 0 in tracepoint mode, unless a timewait socket's death */
     struct tuple tuple;
     u32 oldstate;
     u32 newstate;
+    u32 pid;                  /* the current task: the owner only for changes a syscall on */
+    u32 pad;                  /* this socket makes (connect, close); user space decides */
+    char comm[16];
 };
 BPF_PERF_OUTPUT(events);
 #endif
@@ -307,6 +310,10 @@ struct tw_cancel {
     u64 age_ns;
     u32 netns;
     u32 pad;
+#ifdef EMIT_EVENTS
+    u64 cookie;               /* who died, read while the socket was alive: for the trace */
+    struct tuple tuple;
+#endif
 };
 BPF_PERCPU_ARRAY(tw_cancelled, struct tw_cancel, 1);
 
@@ -344,10 +351,39 @@ static __always_inline u32 tw_netns(u64 timer)
     return inum;
 }
 
+#ifdef EMIT_EVENTS
+/* The timewait socket's cookie (copied from the full socket it replaced, so the trace can
+ * join the two) and 4-tuple. */
+static __always_inline void tw_identity(u64 timer, u64 *cookie, struct tuple *t)
+{
+    bpf_probe_read_kernel(cookie, sizeof(*cookie), TW_FIELD(timer, OFF_SKC_COOKIE));
+    bpf_probe_read_kernel(&t->family, sizeof(t->family), TW_FIELD(timer, OFF_SKC_FAMILY));
+    bpf_probe_read_kernel(&t->sport, sizeof(t->sport), TW_FIELD(timer, OFF_SKC_NUM));
+    u16 dport = 0;
+    bpf_probe_read_kernel(&dport, sizeof(dport), TW_FIELD(timer, OFF_SKC_DPORT));
+    t->dport = ntohs(dport);
+    if (t->family == AF_INET) {
+        bpf_probe_read_kernel(t->saddr, 4, TW_FIELD(timer, OFF_SKC_RCV_SADDR));
+        bpf_probe_read_kernel(t->daddr, 4, TW_FIELD(timer, OFF_SKC_DADDR));
+    } else {
+        bpf_probe_read_kernel(t->saddr, 16, TW_FIELD(timer, OFF_SKC_V6_RCV_SADDR));
+        bpf_probe_read_kernel(t->daddr, 16, TW_FIELD(timer, OFF_SKC_V6_DADDR));
+    }
+}
+
+/* A timewait socket died: one time_wait -> close event for the trace. */
+static __always_inline void tw_emit(void *ctx, u64 age, u64 cookie, const struct tuple *t)
+{
+    struct event ev = {.ts_ns = bpf_ktime_get_ns(), .dwell_ns = age, .cookie = cookie, .tuple = *t,
+                       .oldstate = TCP_TIME_WAIT, .newstate = TCP_CLOSE};
+    events.perf_submit(ctx, &ev, sizeof(ev));
+}
+#endif
+
 /* Settles a cancel left on this CPU: a death, unless `next` is that same timer, started again
  * (a reschedule: the socket stays in TIME_WAIT) or expiring (the kernel detaches a timer, with
  * a timer_cancel event, just before running it). */
-static __always_inline void tw_settle(u64 next)
+static __always_inline void tw_settle(void *ctx, u64 next)
 {
     u32 zero = 0;
     struct tw_cancel *cancelled = tw_cancelled.lookup(&zero);
@@ -355,18 +391,22 @@ static __always_inline void tw_settle(u64 next)
         return;
     u64 timer = cancelled->timer;
     cancelled->timer = 0;
-    if (timer != next)
+    if (timer != next) {
         observe(stats_of(netns_slot(cancelled->netns)), TCP_TIME_WAIT, cancelled->age_ns);
+#ifdef EMIT_EVENTS
+        tw_emit(ctx, cancelled->age_ns, cancelled->cookie, &cancelled->tuple);
+#endif
+    }
 }
 
-static __always_inline void tw_timer_started(u64 timer)
+static __always_inline void tw_timer_started(void *ctx, u64 timer)
 {
-    tw_settle(timer);
+    tw_settle(ctx, timer);
 }
 
-static __always_inline void tw_timer_cancelled(u64 timer, u64 function, u64 expires)
+static __always_inline void tw_timer_cancelled(void *ctx, u64 timer, u64 function, u64 expires)
 {
-    tw_settle(0);
+    tw_settle(ctx, 0);
     u64 age = tw_age(timer, function, expires);
     u32 zero = 0;
     struct tw_cancel *cancelled = tw_cancelled.lookup(&zero);
@@ -375,14 +415,26 @@ static __always_inline void tw_timer_cancelled(u64 timer, u64 function, u64 expi
     cancelled->timer = timer;
     cancelled->age_ns = age;
     cancelled->netns = tw_netns(timer);
+#ifdef EMIT_EVENTS
+    tw_identity(timer, &cancelled->cookie, &cancelled->tuple);
+    cancelled->tuple.netns = cancelled->netns;
+#endif
 }
 
-static __always_inline void tw_timer_expired(u64 timer, u64 function, u64 expires)
+static __always_inline void tw_timer_expired(void *ctx, u64 timer, u64 function, u64 expires)
 {
-    tw_settle(timer);   /* an expiring timer is detached first, which fires timer_cancel */
+    tw_settle(ctx, timer);   /* an expiring timer is detached first, which fires timer_cancel */
     u64 age = tw_age(timer, function, expires);
-    if (age)
-        observe(stats_of(netns_slot(tw_netns(timer))), TCP_TIME_WAIT, age);
+    if (!age)
+        return;
+    u32 netns = tw_netns(timer);
+    observe(stats_of(netns_slot(netns)), TCP_TIME_WAIT, age);
+#ifdef EMIT_EVENTS
+    u64 cookie = 0;
+    struct tuple t = {.netns = netns};
+    tw_identity(timer, &cookie, &t);
+    tw_emit(ctx, age, cookie, &t);
+#endif
 }
 #endif /* TRACK_TIME_WAIT */
 
@@ -547,7 +599,9 @@ static __always_inline void on_identity(void *ctx, const struct change *c, struc
 #endif
 #ifdef EMIT_EVENTS
     struct event ev = {.ts_ns = c->now, .dwell_ns = c->dwell_ns, .cookie = c->cookie, .tuple = *t,
-                       .oldstate = oldstate, .newstate = newstate};
+                       .oldstate = oldstate, .newstate = newstate,
+                       .pid = bpf_get_current_pid_tgid() >> 32};
+    bpf_get_current_comm(ev.comm, sizeof(ev.comm));
     events.perf_submit(ctx, &ev, sizeof(ev));
 #endif
 }
@@ -629,21 +683,21 @@ int tp_btf_tcp_receive_reset(u64 *ctx)
 #ifdef TRACK_TIME_WAIT
 int tp_btf_timer_start(u64 *ctx)
 {
-    tw_timer_started(ctx[0]);
+    tw_timer_started(ctx, ctx[0]);
     return 0;
 }
 
 int tp_btf_timer_expire_entry(u64 *ctx)
 {
     const void *timer = (const void *)ctx[0];
-    tw_timer_expired((u64)timer, KREAD(u64, timer, OFF_TIMER_FUNCTION), KREAD(u64, timer, OFF_TIMER_EXPIRES));
+    tw_timer_expired(ctx, (u64)timer, KREAD(u64, timer, OFF_TIMER_FUNCTION), KREAD(u64, timer, OFF_TIMER_EXPIRES));
     return 0;
 }
 
 int tp_btf_timer_cancel(u64 *ctx)
 {
     const void *timer = (const void *)ctx[0];
-    tw_timer_cancelled((u64)timer, KREAD(u64, timer, OFF_TIMER_FUNCTION), KREAD(u64, timer, OFF_TIMER_EXPIRES));
+    tw_timer_cancelled(ctx, (u64)timer, KREAD(u64, timer, OFF_TIMER_FUNCTION), KREAD(u64, timer, OFF_TIMER_EXPIRES));
     return 0;
 }
 #endif
@@ -698,19 +752,19 @@ TRACEPOINT_PROBE(tcp, tcp_receive_reset)
 #ifdef TRACK_TIME_WAIT
 TRACEPOINT_PROBE(timer, timer_start)
 {
-    tw_timer_started((u64)args->timer);
+    tw_timer_started(args, (u64)args->timer);
     return 0;
 }
 
 TRACEPOINT_PROBE(timer, timer_expire_entry)
 {
-    tw_timer_expired((u64)args->timer, (u64)args->function, KREAD(u64, args->timer, OFF_TIMER_EXPIRES));
+    tw_timer_expired(args, (u64)args->timer, (u64)args->function, KREAD(u64, args->timer, OFF_TIMER_EXPIRES));
     return 0;
 }
 
 TRACEPOINT_PROBE(timer, timer_cancel)   /* its record has only the timer: read the rest from it */
 {
-    tw_timer_cancelled((u64)args->timer, KREAD(u64, args->timer, OFF_TIMER_FUNCTION),
+    tw_timer_cancelled(args, (u64)args->timer, KREAD(u64, args->timer, OFF_TIMER_FUNCTION),
                        KREAD(u64, args->timer, OFF_TIMER_EXPIRES));
     return 0;
 }

@@ -70,6 +70,7 @@ FIELDS = {
     "OFF_SKC_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr", 16),
     "OFF_SKC_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr", 16),
     "OFF_SKC_NET": ("sock", "__sk_common.skc_net", 8),
+    "OFF_SKC_COOKIE": ("sock", "__sk_common.skc_cookie", 8),
     "OFF_NS_INUM": ("net", "ns.inum", 4),
     "OFF_SKB_DEV": ("sk_buff", "dev", 8),
     "OFF_DEV_ND_NET": ("net_device", "nd_net", 8),
@@ -92,7 +93,8 @@ class TraceEvent(ctypes.Structure):
     """struct event of tcpstates.c (EMIT_EVENTS only)."""
 
     _fields_ = [("ts_ns", ctypes.c_uint64), ("dwell_ns", ctypes.c_uint64), ("cookie", ctypes.c_uint64),
-                ("tuple", _Tuple), ("oldstate", ctypes.c_uint32), ("newstate", ctypes.c_uint32)]
+                ("tuple", _Tuple), ("oldstate", ctypes.c_uint32), ("newstate", ctypes.c_uint32),
+                ("pid", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("comm", ctypes.c_char * 16)]
 
 
 # struct netns_stats of tcpstates.c, as u64 words.
