@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """What one scrape costs at 10k, 50k and 100k sockets: tcpwatch against node_exporter's
-tcpstat collector and against `ss -tan state all`, measured in the same run.
+tcpstat collector and against `ss -tan state all`, measured in the same run. "counts+ports"
+adds tcpwatch_port_sockets (counting per service port inside the dump) to "counts".
 
     make bench                       # 10k, 50k, 100k sockets, 5 scrapes each
     .venv/bin/python bench/scrape_cost.py --sizes 100000 --repeat 7
@@ -128,9 +129,12 @@ def measure(size, repeat, mix):
                                      text=True).stdout.count("\n"))
         results = {}
         for name, argv, port, metric in [
-            ("tcpwatch (counts)", tcpwatch + ["--no-collector.process", "--no-collector.netns", "--ebpf", "off"], 19787,
+            ("tcpwatch (counts)", tcpwatch + ["--no-collector.process", "--no-collector.netns", "--no-collector.port",
+                                              "--ebpf", "off"], 19787,
              r'tcpwatch_scrape_collector_duration_seconds\{collector="inet_diag"\}'),
-            ("tcpwatch (with owners)", tcpwatch + ["--no-collector.netns", "--ebpf", "off"], 19788,
+            ("tcpwatch (counts+ports)", tcpwatch + ["--no-collector.process", "--no-collector.netns", "--ebpf", "off"],
+             19789, r'tcpwatch_scrape_collector_duration_seconds\{collector="(?:inet_diag|port)"\}'),
+            ("tcpwatch (with owners)", tcpwatch + ["--no-collector.netns", "--no-collector.port", "--ebpf", "off"], 19788,
              r'tcpwatch_scrape_collector_duration_seconds\{collector="[a-z_]+"\}'),
             ("node_exporter tcpstat", [node, "--collector.disable-defaults", "--collector.tcpstat"],
              19100, r'node_scrape_collector_duration_seconds\{collector="tcpstat"\}'),

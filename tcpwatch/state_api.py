@@ -30,6 +30,9 @@ CLOSE_WAIT_PILE = 10               # sockets in one namespace
 CLOSE_WAIT_OLD_SECONDS = 300.0     # or any older than this
 TIME_WAIT_PILE_SHARE = 0.2         # of the namespace's ephemeral port range
 LISTEN_QUEUES_SHOWN = 10
+# A page refresh reuses a collection this recent (a scrape's, or another viewer's) instead
+# of making one: any number of open pages cost at most one collection per this many seconds.
+REUSE_SECONDS = 4.0
 OWNERS_SHOWN = 20
 
 
@@ -232,17 +235,23 @@ class StateApi:
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._history = History()
+        self._latest = (float("-inf"), [])   # (clock, families) of the newest collection
 
     def observe(self, families) -> None:
         """Called with every fresh collection (scrapes included): one more reading."""
         counters = counters_of(families)
         with self._lock:
-            self._history.add(self._clock(), counters)
+            now = self._clock()
+            self._history.add(now, counters)
+            self._latest = (now, families)
 
     def respond(self, query: dict):
         """(HTTP status, JSON bytes) for the query string's parameters."""
         netns = query.get("netns", [None])[0]
-        families = self._collect()
+        with self._lock:
+            taken, families = self._latest
+        if self._clock() - taken > REUSE_SECONDS:
+            families = self._collect()
         with self._lock:
             try:
                 document = build(families, self._history, self._clock(), self._wall_clock(), netns or None)

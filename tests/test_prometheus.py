@@ -114,6 +114,7 @@ def test_every_dashboard_query_and_rule_evaluates_on_live_data(netns, workloads,
     workloads("leak", netns=netns, count=25, comm="leaky")
     listener = workloads("listen", netns=netns, count=8, comm="slowaccept")
     workloads("connect", netns=netns, port=listener.info["port"], count=3, comm="client")
+    workloads("ports", netns=netns, count=1, comm="pooled")   # client-side CLOSE_WAIT toward an upstream
     traffic = workloads("traffic", netns=netns, rounds=40, count=10, close=2, aborts=1, seconds=0.5,
                         comm="churner")
 

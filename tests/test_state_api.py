@@ -96,3 +96,23 @@ def test_quantile_interpolates_like_promql():
     assert histograms.quantile(0.75, buckets) == pytest.approx(0.3)
     assert histograms.quantile(0.5, [(1.0, 0), (float("inf"), 0)]) is None
     assert histograms.quantile(0.99, [(1.0, 1), (float("inf"), 10)]) == 1.0   # in +Inf: the last bound
+
+
+def test_page_refreshes_reuse_a_recent_collection():
+    clock = [100.0]
+    made = []
+
+    def collect():
+        made.append(clock[0])
+        fams = families()
+        api.observe(fams)
+        return fams
+
+    api = state_api.StateApi(collect, clock=lambda: clock[0], wall_clock=lambda: 1e9)
+    for _ in range(5):                      # five viewers at once
+        assert api.respond({"netns": ["host"]})[0] == 200
+    assert made == [100.0]
+    clock[0] += state_api.REUSE_SECONDS + 0.1
+    api.respond({})
+    assert made == [100.0, clock[0]]
+    assert api.respond({"netns": ["gone"]})[0] == 404
