@@ -43,6 +43,8 @@ return JSON.stringify({
       count: value(tr.cells[4])})),
   edges: Object.fromEntries([...document.querySelectorAll('g.edge')]
                             .map((g) => [g.id, {total: g.dataset.total, rate: g.querySelector('text').textContent}])),
+  transitions: rows('transitions').filter((tr) => field(tr, 'from')).map((tr) => ({
+      from: field(tr, 'from').textContent, to: field(tr, 'to').textContent, total: value(field(tr, 'total'))})),
   hot: [...document.querySelectorAll('g.node.hot')].map((g) => g.id),
   ebpfNote: !document.getElementById('ebpf-note').hidden,
   status: document.getElementById('status').textContent,
@@ -122,6 +124,10 @@ def drawn_equals_metrics(page, samples, netns):
             scraped = value(samples, name, netns=netns, port=queue["port"])
             if queue[key] != scraped:
                 wrong.append(f"queue {queue['port']} {key}: page {queue[key]}, metrics {scraped}")
+    for row in page.get("transitions", []):
+        scraped = value(samples, "tcpwatch_state_transitions_total", netns=netns, **{"from": row["from"], "to": row["to"]})
+        if row["total"] != scraped:
+            wrong.append(f"transition {row['from']}->{row['to']}: page {row['total']}, metrics {scraped}")
     for edge_id, edge in page["edges"].items():
         if not edge.get("total"):
             continue
@@ -175,6 +181,7 @@ def test_page_draws_what_metrics_say_for_a_known_workload(browser, workloads, da
         assert 0.06 < syn_sent["p90"] <= 0.135, syn_sent                # the slowest: one 80 ms round trip
         assert page["edges"]["edge-syn_sent-established"]["total"] == "24"
         assert page["edges"]["edge-syn_sent-established"]["rate"].endswith("/s")
+        assert {"from": "syn_sent", "to": "established", "total": 24} in page["transitions"]
         assert not page["ebpfNote"]
         assert console_errors(browser) == []
         assert path.exists()

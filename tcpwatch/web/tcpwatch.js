@@ -152,7 +152,16 @@
       label.textContent = doc.ebpf && t ? fmtRate(t.per_second) : "";
       g.dataset.total = t ? String(t.total) : "";
       g.classList.toggle("active", Boolean(t && t.per_second));
+      g.classList.toggle("untaken", !t || !t.total);
     }
+    // Every transition the kernel reported, the drawn ones and any other (self-transitions).
+    const taken = ns.transitions.filter((t) => t.total > 0)
+      .sort((x, y) => (y.per_second || 0) - (x.per_second || 0) || y.total - x.total);
+    fillTable("transitions", taken.map((t) => [
+      { text: t.from, field: "from" }, { text: t.to, field: "to" },
+      { text: doc.ebpf ? fmtRate(t.per_second) || "\u2013" : "\u2013", cls: "n" },
+      { text: String(t.total), value: t.total, cls: "n", field: "total" },
+    ]), doc.ebpf ? "none yet" : "needs eBPF");
     fillTable("owners", ns.close_wait_owners.map((o) => [
       { text: o.process, field: "process" },
       { text: o.pod ? o.pod_namespace + "/" + o.pod : o.container },
