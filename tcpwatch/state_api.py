@@ -36,7 +36,9 @@ REUSE_SECONDS = 4.0
 OWNERS_SHOWN = 20
 
 
-_EMPTY = {"transitions": {}, "durations": {}}
+def _empty() -> dict:
+    """One namespace's counters before anything was counted in it."""
+    return {"transitions": {}, "durations": {}}
 
 
 class UnknownNetns(LookupError):
@@ -51,12 +53,12 @@ def counters_of(families) -> dict:
         if family.name == "tcpwatch_state_transitions":
             for s in family.samples:
                 if s.name.endswith("_total"):
-                    ns = result.setdefault(s.labels["netns"], {"transitions": {}, "durations": {}})
+                    ns = result.setdefault(s.labels["netns"], _empty())
                     ns["transitions"][(s.labels["from"], s.labels["to"])] = s.value
         elif family.name == "tcpwatch_state_duration_seconds":
             for s in family.samples:
                 if s.name.endswith("_bucket") and s.labels["state"] in HANDSHAKE_STATES:
-                    ns = result.setdefault(s.labels["netns"], {"transitions": {}, "durations": {}})
+                    ns = result.setdefault(s.labels["netns"], _empty())
                     le = float(s.labels["le"])
                     ns["durations"].setdefault(s.labels["state"], []).append((le, s.value))
     for ns in result.values():
@@ -74,6 +76,8 @@ class History:
         self._window = window
 
     def add(self, now: float, counters: dict) -> None:
+        """Keep a collection's counters (replacing the newest when the one before it is
+        closer than the spacing), and drop what no minute's rate needs any more."""
         if len(self._readings) > 1 and now - self._readings[-2][0] < HISTORY_MIN_SPACING_SECONDS:
             self._readings[-1] = (now, counters)   # too close to the one before: replace
             return
@@ -183,10 +187,10 @@ def build(families, history: History, now: float, wall_time: float, netns: Optio
     }
     for name in order if netns is None else [netns]:
         d = data[name]
-        mine = current.get(name, {"transitions": {}, "durations": {}})
+        mine = current.get(name) or _empty()
         # A namespace missing from the older reading had no counts then (its counters start
         # at 0 when it appears).
-        before = base[1].get(name, _EMPTY) if base is not None else None
+        before = (base[1].get(name) or _empty()) if base is not None else None
         transitions = []
         for (old, new), total in sorted(mine["transitions"].items()):
             rate = None

@@ -58,8 +58,8 @@ _MSG_MIN_LEN = _NLMSGHDR_LEN + 72
 _DONE_LEN = _NLMSGHDR_LEN + 4                 # NLMSG_DONE carries one int
 
 _RECV_BYTES = 64 * 1024                   # the kernel fills at most ~32 KiB per dump chunk
-# Random first number: the chunk splitter's marker holds it, so a peer cannot predict it.
 _LITTLE_ENDIAN = sys.byteorder == "little"
+# Random first number: the chunk splitter's marker holds it, so a peer cannot predict it.
 _sequence = itertools.count(random.randrange(1, 1 << 30))
 # struct inet_diag_req: family, src_len, dst_len, ext, inet_diag_sockid (48 bytes), states, dbs
 _V1_REQUEST = struct.Struct("=IHHIIBBBB48sII")
