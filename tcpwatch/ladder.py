@@ -113,6 +113,7 @@ class Ladders:
         self.time_wait_traced = time_wait_traced
         self._open = {}        # frozenset of the two endpoints -> Connection
         self._by_cookie = {}   # socket cookie -> Connection
+        self._time_waits = {}  # (local, remote) of an end in TIME_WAIT -> Connection
 
     def _file(self, conn: Connection, key) -> None:
         self._open.pop(conn.filed_as, None)
@@ -122,6 +123,8 @@ class Ladders:
     def _find(self, step: Step, key: frozenset):
         if step.cookie and step.cookie in self._by_cookie:
             return self._by_cookie[step.cookie]
+        if step.old == "time_wait":   # tracepoint mode: full sockets had no cookie to join by
+            return self._time_waits.get((step.local, step.remote))
         conn = self._open.get(key)
         if conn is not None and conn.reused_by(step):
             self._file(conn, (key, id(conn)))   # still open (its TIME_WAIT): out of the way
@@ -151,6 +154,8 @@ class Ladders:
         for end in conn.ends:
             if end.key[0] == "cookie":
                 self._by_cookie.pop(end.key[1], None)
+            if self._time_waits.get((end.local, end.remote)) is conn:
+                del self._time_waits[(end.local, end.remote)]
         return conn
 
     def add(self, step: Step) -> list:
@@ -175,11 +180,13 @@ class Ladders:
             end.owner = f"{step.comm}[{step.pid}]"
         if step.old == "time_wait":
             end.in_time_wait = False
+            self._time_waits.pop((end.local, end.remote), None)
         elif step.new == "close":
             end.closed = True
             if (step.old, step.new) in INTO_TIME_WAIT and self.time_wait_traced:
                 end.in_time_wait = True
                 end.time_wait_since = step.time
+                self._time_waits[(end.local, end.remote)] = conn
         return [self._forget(conn)] if conn.done else []
 
     def expire(self, now: float) -> list:

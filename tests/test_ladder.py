@@ -58,6 +58,18 @@ def test_a_reused_time_wait_starts_the_next_connection_and_ends_the_first():
     assert "still SYN_SENT: trace stopped" in ladder.render(second, stopped=True)
 
 
+def test_tracepoint_mode_joins_time_wait_ends_by_address_to_the_right_incarnation():
+    """No cookies on full sockets; the timewait death carries one nobody has seen."""
+    ladders = ladder.Ladders()
+    for i in range(5):
+        ladders.add(client(i * 0.1, i, cookie=0, local=CLIENT))
+    ladders.add(step(2.0, CLIENT, SERVER, "close", "syn_sent", 0))          # the 4-tuple again
+    (first,) = ladders.add(client(2.01, 5, cookie=99, local=CLIENT))      # ends the first's TIME_WAIT
+    assert [(s.old, s.new) for s, _ in first.rows] == CLIENT_STEPS and len(first.ends) == 1
+    (second,) = ladders.drain()
+    assert [(s.old, s.new) for s, _ in second.rows] == [("close", "syn_sent")]
+
+
 def test_quiet_connections_expire_and_listeners_are_not_connections():
     ladders = ladder.Ladders(timeout=30)
     assert ladders.add(step(0.0, "0.0.0.0:80", "0.0.0.0:0", "close", "listen", 5)) == []
@@ -69,9 +81,12 @@ def test_quiet_connections_expire_and_listeners_are_not_connections():
 
 
 @pytest.mark.root
-def test_real_ladder_matches_the_kernels_sequence_for_both_ends(netns):
+@pytest.mark.parametrize("attach", ["tp_btf", "tracepoint"])
+def test_real_ladder_matches_the_kernels_sequence_for_both_ends(netns, attach):
+    """tp_btf joins the TIME_WAIT's end by cookie, the classic tracepoints by address."""
     port, client_port = 21901, 46101
-    trace = subprocess.Popen([PYTHON, "-m", "tcpwatch", "trace", "--ladder", "--port", str(port), "--duration", "40"],
+    trace = subprocess.Popen([PYTHON, "-m", "tcpwatch", "trace", "--ladder", "--attach", attach,
+                              "--port", str(port), "--duration", "40"],
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     load = None
     try:
