@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What one scrape costs at 10k, 50k and 100k sockets: tcpwatch against node_exporter's
 tcpstat collector and against `ss -tan state all`, measured in the same run. "counts+ports"
-adds tcpwatch_port_sockets (counting per service port inside the dump) to "counts".
+adds tcpwatch_port_sockets (counting per service port inside the dump) to "counts";
+"owners, eBPF" finds owners with the eBPF task_file iterator instead of the /proc walk.
 
     make bench                       # 10k, 50k, 100k sockets, 5 scrapes each
     .venv/bin/python bench/scrape_cost.py --sizes 100000 --repeat 7
@@ -47,7 +48,7 @@ def peak_rss_mb(pid):
     return int(match.group(1)) / 1024
 
 
-def wait_http(url, timeout=20):
+def wait_http(url, timeout=60):
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -136,6 +137,9 @@ def measure(size, repeat, mix):
              19789, r'tcpwatch_scrape_collector_duration_seconds\{collector="(?:inet_diag|port)"\}'),
             ("tcpwatch (with owners)", tcpwatch + ["--no-collector.netns", "--no-collector.port", "--ebpf", "off"], 19788,
              r'tcpwatch_scrape_collector_duration_seconds\{collector="[a-z_]+"\}'),
+            ("tcpwatch (owners, eBPF)", tcpwatch + ["--no-collector.netns", "--no-collector.port", "--ebpf", "on",
+                                                    "--no-collector.bpf.time-wait"], 19786,
+             r'tcpwatch_scrape_collector_duration_seconds\{collector="(?:inet_diag|process)"\}'),
             ("node_exporter tcpstat", [node, "--collector.disable-defaults", "--collector.tcpstat"],
              19100, r'node_scrape_collector_duration_seconds\{collector="tcpstat"\}'),
         ]:

@@ -76,7 +76,7 @@ def run(settings) -> int:
                                    settings.port_client_max, settings.port_include)
         scanner = NamespaceScanner(all_namespaces=settings.netns_enabled,
                                    runtimes=runtime.Runtimes(containerd_state=settings.containerd_state))
-        collector = TcpCollector(options, scanner.scan, processes.scan,
+        collector = TcpCollector(options, scanner.scan, _owner_scan(program, processes.scan),
                                  bpf_read=program.read if program else None,
                                  container_of=scanner.container_of,
                                  bpf_release=program.release_stale_netns if program else None)
@@ -89,6 +89,7 @@ def run(settings) -> int:
         address = server.bound_address(http)
         log.info("listening", extra={"address": address, "path": settings.telemetry_path,
                                      "version": __version__, "ebpf": program is not None,
+                                     "owners": "ebpf_iterator" if program and program.scans_owners else "proc",
                                      "ebpf_time_wait": bool(program and program.time_wait_tracked),
                                      "ebpf_attach": program.attach.mode if program else "none"})
         notifier = systemd.Notifier()
@@ -135,7 +136,7 @@ def _load_ebpf(settings):
     try:
         return bpf.BpfProgram(settings.bpf_max_sockets, settings.bpf_ports, settings.bpf_time_wait,
                               attach=settings.bpf_attach, max_netns=settings.bpf_max_netns,
-                              btf_path=settings.bpf_btf)
+                              btf_path=settings.bpf_btf, scan_owners=settings.process_enabled)
     except bpf.AttachModeUnavailable as exc:   # an explicit mode is a promise, even with --ebpf auto
         raise ConfigError(str(exc)) from None
     except bpf.BpfUnavailable as exc:
@@ -143,6 +144,22 @@ def _load_ebpf(settings):
             raise ConfigError(f"--ebpf on: {exc}") from None
         log.warning("ebpf disabled, serving inet_diag metrics only", extra={"reason": str(exc)})
         return None
+
+
+def _owner_scan(program, proc_walk):
+    """Who holds each socket: the eBPF task_file iterator when it is attached (one read per
+    scrape), else the /proc walk (one readlink per fd). A failed read falls back to the walk
+    for that scrape."""
+    if program is None or not program.scans_owners:
+        return proc_walk
+
+    def scan(wanted_inodes):
+        try:
+            return program.socket_owners(wanted_inodes)
+        except OSError as exc:
+            log.warning("socket-owner iterator failed, walking /proc this scrape", extra={"error": str(exc)})
+            return proc_walk(wanted_inodes)
+    return scan
 
 
 def _name_process(name: str) -> None:

@@ -80,6 +80,17 @@ class DiagSnapshot:
 
 
 @dataclass
+class OwnerScan:
+    """Which process holds each socket: from the /proc walk (sources/processes.py) or the
+    eBPF task_file iterator (sources/bpf.py)."""
+
+    owners: dict = field(default_factory=dict)   # inode -> process name (comm)
+    pids: dict = field(default_factory=dict)     # inode -> pid of that process
+    processes: int = 0                           # processes looked at
+    unreadable: int = 0                          # processes whose fds we were not allowed to read
+
+
+@dataclass
 class NetnsActivity:
     """What the eBPF program counted in one network namespace (or, summed, in all of them)."""
 

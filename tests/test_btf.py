@@ -22,14 +22,15 @@ def test_every_offset_the_program_uses_matches_gcc_on_bpftools_c_dump(kernel_btf
     header = subprocess.run(["bpftool", "btf", "dump", "file", btf.VMLINUX, "format", "c"],
                             capture_output=True, text=True, check=True).stdout
     (tmp_path / "vmlinux.h").write_text(header)
+    fields = {**bpf.FIELDS, **bpf.OWNER_FIELDS}
     lines = [f'printf("{name} %zu %zu\\n", __builtin_offsetof(struct {s}, {path}), '
-             f'sizeof(((struct {s} *)0)->{path}));' for name, (s, path, _size) in bpf.FIELDS.items()]
+             f'sizeof(((struct {s} *)0)->{path}));' for name, (s, path, _size) in fields.items()]
     (tmp_path / "offsets.c").write_text('#include "vmlinux.h"\nint printf(const char *, ...);\n'
                                         "int main(void) {\n" + "\n".join(lines) + "\nreturn 0;\n}\n")
     subprocess.run(["gcc", "-w", "-o", str(tmp_path / "offsets"), str(tmp_path / "offsets.c")], check=True)
     out = subprocess.run([str(tmp_path / "offsets")], capture_output=True, text=True, check=True).stdout
     from_gcc = {name: (int(offset), int(size)) for name, offset, size in (line.split() for line in out.splitlines())}
-    ours = {name: kernel_btf.offset(s, path) for name, (s, path, _size) in bpf.FIELDS.items()}
+    ours = {name: kernel_btf.offset(s, path) for name, (s, path, _size) in fields.items()}
     assert ours == from_gcc
 
 
@@ -39,6 +40,8 @@ def test_tracepoint_typedefs_and_the_layout_the_program_needs(kernel_btf):
     assert set(offsets) == set(bpf.FIELDS)
     assert set(ids) == {tp for _fn, tp in bpf.TP_BTF_HOOKS + bpf.TP_BTF_TIMER_HOOKS}
     assert len(set(ids.values())) == len(ids) and all(i > 0 for i in ids.values())
+    owner_offsets, iterator_id = bpf.owner_layout()
+    assert set(owner_offsets) == set(bpf.OWNER_FIELDS) and iterator_id > 0
 
 
 @needs_btf

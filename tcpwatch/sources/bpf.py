@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from .. import histograms
-from ..model import BpfReading, NetnsActivity
+from ..model import BpfReading, NetnsActivity, OwnerScan
 from . import btf
 
 log = logging.getLogger(__name__)
@@ -141,16 +141,53 @@ def tuple_key(netns: int, family: int, sport: int, dport: int, saddr: bytes, dad
     return (netns, family, sport, dport, bytes(saddr), bytes(daddr))
 
 
-def kernel_layout(btf_path: str = btf.VMLINUX, hooks=TP_BTF_HOOKS + TP_BTF_TIMER_HOOKS):
-    """(-D offsets, {tracepoint: BTF id of btf_trace_<tracepoint>}) from the kernel's BTF.
-    Raises btf.BtfError when the BTF is missing or does not describe what the program reads."""
-    types = btf.Btf.load(btf_path)
+# What the socket-owner iterator reads (OWNER_ITER in tcpstates.c), apart from FIELDS so that
+# a kernel lacking one loses only the iterator (owners then come from the /proc walk).
+OWNER_FIELDS = {
+    "OFF_TASK_TGID": ("task_struct", "tgid", 4),
+    "OFF_TASK_COMM": ("task_struct", "comm", 16),
+    "OFF_FILE_INODE": ("file", "f_inode", 8),
+    "OFF_INODE_MODE": ("inode", "i_mode", 2),
+    "OFF_INODE_INO": ("inode", "i_ino", 8),
+}
+OWNER_ITERATOR = "bpf_iter_task_file"   # the kernel function an iter/task_file program attaches to
+_SOCKET_OWNER = struct.Struct("=IIQ16s")   # struct socket_owner
+
+
+def _offsets(types, fields: dict) -> dict:
     offsets = {}
-    for name, (struct_name, path, expected) in FIELDS.items():
+    for name, (struct_name, path, expected) in fields.items():
         offset, size = types.offset(struct_name, path)
         if expected is not None and size != expected:
             raise btf.BtfError(f"struct {struct_name}.{path} is {size} bytes here, not {expected}")
         offsets[name] = offset
+    return offsets
+
+
+def owner_layout(btf_path: str = btf.VMLINUX) -> tuple:
+    """(-D offsets, BTF id of bpf_iter_task_file) for the socket-owner iterator; BtfError
+    when this kernel's BTF cannot describe it."""
+    types = btf.Btf.load(btf_path)
+    return _offsets(types, OWNER_FIELDS), types.type_id(btf.FUNC, OWNER_ITERATOR)
+
+
+PROC_PID_INIT_INO = 0xEFFFFFFC   # include/linux/proc_ns.h: the initial pid namespace's inode
+
+
+def in_initial_pid_namespace() -> bool:
+    """The iterator reports pids as the initial pid namespace numbers them: only usable
+    where tcpwatch (and so its /proc) numbers them the same way."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino == PROC_PID_INIT_INO
+    except OSError:
+        return False
+
+
+def kernel_layout(btf_path: str = btf.VMLINUX, hooks=TP_BTF_HOOKS + TP_BTF_TIMER_HOOKS):
+    """(-D offsets, {tracepoint: BTF id of btf_trace_<tracepoint>}) from the kernel's BTF.
+    Raises btf.BtfError when the BTF is missing or does not describe what the program reads."""
+    types = btf.Btf.load(btf_path)
+    offsets = _offsets(types, FIELDS)
     ids = {tracepoint: types.type_id(btf.TYPEDEF, f"btf_trace_{tracepoint}") for _fn, tracepoint in hooks}
     return offsets, ids
 
@@ -160,10 +197,11 @@ class BpfProgram:
 
     def __init__(self, max_sockets: int = 65536, port_range=None, track_time_wait: bool = True,
                  emit_events: bool = False, attach: str = "auto", max_netns: int = DEFAULT_MAX_NETNS,
-                 btf_path: str = btf.VMLINUX):
+                 btf_path: str = btf.VMLINUX, scan_owners: bool = False):
         self.bpf = None
         self._links: list = []
         self._prog_fds: list = []
+        self._owner_link = None   # the socket-owner iterator's link fd, when it is attached
         if attach not in ATTACH_MODES:
             raise AttachModeUnavailable(f"unknown attach mode {attach!r}: want one of {', '.join(ATTACH_MODES)}")
         check_capabilities()
@@ -204,6 +242,7 @@ class BpfProgram:
                 self.time_wait_tracked = True
         if emit_events:
             cflags.append("-DEMIT_EVENTS")
+        owner_iterator = self._owner_iterator_flags(btf_path, cflags) if scan_owners else None
         hooks = TP_BTF_HOOKS + (TP_BTF_TIMER_HOOKS if self.time_wait_tracked else ())
 
         if attach == "tracepoint":
@@ -230,7 +269,83 @@ class BpfProgram:
                     if layout_error else "")
             log.warning("ebpf: tp_btf not used, attached to the classic tracepoints" + lost,
                         extra={"reason": self.attach.detail})
+        if owner_iterator is not None:
+            self._attach_owner_iterator(owner_iterator)
         self._release_compiler_memory()
+
+    @staticmethod
+    def _owner_iterator_flags(btf_path: str, cflags: list):
+        """Compile the socket-owner iterator in (cflags), when it can work here: the BTF id it
+        attaches to, or None (owners then come from the /proc walk; the log says why)."""
+        if not in_initial_pid_namespace():
+            why = "tcpwatch runs in a pid namespace of its own"
+        else:
+            try:
+                offsets, iterator_id = owner_layout(btf_path)
+            except btf.BtfError as exc:
+                why = str(exc)
+            else:
+                cflags += ["-DOWNER_ITER"] + [f"-D{name}={value}" for name, value in offsets.items()]
+                return iterator_id
+        log.info("socket owners come from the /proc walk, not the eBPF iterator", extra={"reason": why})
+        return None
+
+    def _attach_owner_iterator(self, iterator_id: int) -> None:
+        try:
+            prog_fd = _load_tracing(self.bpf.dump_func(b"socket_owners"), "socket_owners",
+                                    _BPF_TRACE_ITER, iterator_id)
+        except BpfUnavailable as exc:
+            log.warning("socket owners come from the /proc walk: the iterator did not load",
+                        extra={"reason": str(exc)})
+            return
+        self._prog_fds.append(prog_fd)
+        attr = ctypes.create_string_buffer(struct.pack("IIII", prog_fd, 0, _BPF_TRACE_ITER, 0), 64)
+        link = _libc.syscall(_SYS_BPF, _BPF_LINK_CREATE, attr, 64)
+        if link < 0:
+            log.warning("socket owners come from the /proc walk: the iterator did not attach",
+                        extra={"reason": os.strerror(ctypes.get_errno())})
+            return
+        self._links.append(link)
+        self._owner_link = link
+
+    @property
+    def scans_owners(self) -> bool:
+        """The socket-owner iterator is attached: ``socket_owners`` works."""
+        return self._owner_link is not None and self.bpf is not None
+
+    def socket_owners(self, wanted_inodes=None) -> OwnerScan:
+        """Every socket fd of every process, from one pass of the task_file iterator: the
+        same OwnerScan as the /proc walk (a socket shared by processes goes to the lowest
+        pid), at a fraction of the cost. OSError when the kernel refuses the read."""
+        if not self.scans_owners:
+            raise BpfUnavailable("the socket-owner iterator is not attached")
+        attr = ctypes.create_string_buffer(struct.pack("II", self._owner_link, 0), 8)
+        fd = _libc.syscall(_SYS_BPF, _BPF_ITER_CREATE, attr, 8)
+        if fd < 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"cannot start the socket-owner iterator: {os.strerror(error)}")
+        chunks = []
+        try:
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        result = OwnerScan()
+        owners, pids, names, holders = result.owners, result.pids, {}, set()
+        for tgid, _pad, inode, comm in _SOCKET_OWNER.iter_unpack(b"".join(chunks)):
+            holders.add(tgid)
+            if inode in owners or (wanted_inodes is not None and inode not in wanted_inodes):
+                continue
+            name = names.get(comm)
+            if name is None:
+                name = names[comm] = comm.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+            owners[inode] = name
+            pids[inode] = tgid
+        result.processes = len(holders)
+        return result
 
     def _load(self, cflags: list, offsets: dict, ids: dict, hooks, tp_btf: bool) -> None:
         """Compile with bcc; in tp_btf mode also load and attach each hook ourselves."""
@@ -383,6 +498,7 @@ class BpfProgram:
         for fd in self._links + self._prog_fds:   # links first: closing one detaches its program
             os.close(fd)
         self._links, self._prog_fds = [], []
+        self._owner_link = None
         bpf = self.bpf
         if bpf is not None:
             bpf.cleanup()
@@ -410,11 +526,15 @@ def _activity(words: list) -> NetnsActivity:
     return activity
 
 
-# bpf(2) for the one call bcc cannot make for us: loading a tp_btf program.
+# bpf(2) for the calls bcc cannot make for us: loading tp_btf and iterator programs, and
+# making an iterator's link and its readable fd.
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
 _BPF_PROG_LOAD = 5
+_BPF_LINK_CREATE = 28
+_BPF_ITER_CREATE = 33
 _BPF_PROG_TYPE_TRACING = 26
 _BPF_TRACE_RAW_TP = 23
+_BPF_TRACE_ITER = 28
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -424,14 +544,16 @@ def attach_tp_btf(compiled, function: str, btf_id: int) -> tuple:
     the attach failed; errno tells why). BpfUnavailable when the kernel refuses the program."""
     from bcc.libbcc import lib
 
-    prog_fd = _load_tp_btf(compiled.dump_func(function.encode()), function, btf_id)
+    prog_fd = _load_tracing(compiled.dump_func(function.encode()), function, _BPF_TRACE_RAW_TP, btf_id)
     link = lib.bpf_attach_kfunc(prog_fd)   # raw_tracepoint_open(NULL, prog_fd)
     return prog_fd, (link if link >= 0 else None)
 
 
-def _load_tp_btf(instructions: bytes, name: str, btf_id: int) -> int:
-    """Load compiled instructions as a tp_btf program; its fd, or BpfUnavailable with the
-    verifier's last words."""
+def _load_tracing(instructions: bytes, name: str, attach_type: int, btf_id: int) -> int:
+    """Load compiled instructions as a BTF-typed tracing program (tp_btf: BPF_TRACE_RAW_TP on
+    a btf_trace_ typedef; an iterator: BPF_TRACE_ITER on a bpf_iter_ function); its fd, or
+    BpfUnavailable with the verifier's last words."""
+    kind = "tp_btf" if attach_type == _BPF_TRACE_RAW_TP else "an iterator"
     code = ctypes.create_string_buffer(instructions, len(instructions))
     license_ = ctypes.create_string_buffer(b"GPL")
     attr = ctypes.create_string_buffer(128)   # union bpf_attr, BPF_PROG_LOAD part (Linux 5.5+)
@@ -442,7 +564,7 @@ def _load_tp_btf(instructions: bytes, name: str, btf_id: int) -> int:
         if log_buffer is not None:
             struct.pack_into("IIQ", attr, 24, 1, len(log_buffer), ctypes.addressof(log_buffer))
         attr[48:64] = name[:15].encode().ljust(16, b"\0")       # prog_name, for bpftool
-        struct.pack_into("I", attr, 68, _BPF_TRACE_RAW_TP)       # expected_attach_type
+        struct.pack_into("I", attr, 68, attach_type)              # expected_attach_type
         struct.pack_into("I", attr, 108, btf_id)                 # attach_btf_id
         return _libc.syscall(_SYS_BPF, _BPF_PROG_LOAD, attr, len(attr))
 
@@ -451,7 +573,7 @@ def _load_tp_btf(instructions: bytes, name: str, btf_id: int) -> int:
         return fd
     error = ctypes.get_errno()
     if error == errno.EPERM:   # no privilege; EACCES and EINVAL come with a verifier log
-        raise BpfUnavailable(f"the kernel refused to load {name} as tp_btf: {os.strerror(error)}")
+        raise BpfUnavailable(f"the kernel refused to load {name} as {kind}: {os.strerror(error)}")
     verifier = ctypes.create_string_buffer(1 << 20)
     retry = attempt(verifier)
     if retry >= 0:
@@ -459,7 +581,7 @@ def _load_tp_btf(instructions: bytes, name: str, btf_id: int) -> int:
     lines = [line for line in verifier.value.decode(errors="replace").splitlines() if line.strip()]
     log.debug("verifier log", extra={"program": name, "log": "\n".join(lines[-60:])})
     last = next((line for line in reversed(lines) if "processed" not in line), os.strerror(error))
-    raise BpfUnavailable(f"the verifier refused {name} as tp_btf: {last.strip()}")
+    raise BpfUnavailable(f"the verifier refused {name} as {kind}: {last.strip()}")
 
 
 def _sum_per_cpu(table, size: int) -> list:

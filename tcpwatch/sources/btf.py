@@ -56,7 +56,7 @@ class Btf:
         self._by_name: dict = {}   # (kind, name) -> first type id
         position, end = hdr_len + type_off, hdr_len + type_off + type_len
         unpack = struct.Struct("<III").unpack_from
-        wanted = (STRUCT, UNION, TYPEDEF)
+        wanted = (STRUCT, UNION, TYPEDEF, FUNC)
         while position < end:
             name_off, info, _ = unpack(data, position)
             kind, vlen = info >> 24 & 0x1F, info & 0xFFFF
@@ -145,4 +145,4 @@ class Btf:
         return bits // 8, self.size(member_type)
 
 
-_KIND_NAMES = {STRUCT: "struct", UNION: "union", TYPEDEF: "typedef"}
+_KIND_NAMES = {STRUCT: "struct", UNION: "union", TYPEDEF: "typedef", FUNC: "function"}

@@ -9,19 +9,14 @@ across fork) is given to the lowest pid, usually the parent.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 import psutil
 
+from ..model import OwnerScan
+
+__all__ = ["OwnerScan", "scan"]
+
 _SOCKET_PREFIX = "socket:["
-
-
-@dataclass
-class OwnerScan:
-    owners: dict = field(default_factory=dict)   # inode -> process name (comm)
-    pids: dict = field(default_factory=dict)     # inode -> pid of that process
-    processes: int = 0                           # processes looked at
-    unreadable: int = 0                          # processes whose fds we were not allowed to read
 
 
 def scan(wanted_inodes, proc_root: str = "/proc") -> OwnerScan:
