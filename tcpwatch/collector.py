@@ -462,28 +462,26 @@ class TcpCollector:
                 opened.add_metric([label, "passive"], tcp.get("PassiveOpens", 0))
         return result + [aborts, opened]
 
-    def _owner_keys(self, scan, found) -> dict:
-        """{inode: (comm, container, pod namespace, pod)} for every TCP socket a process holds."""
-        wanted = set().union(*(d.snap.inode_states.keys() for d in scan.dumps))
-        by_pid = {}
-        keys = {}
-        pids = getattr(found, "pids", {})
-        for inode, comm in found.owners.items():
-            if inode not in wanted:   # the walk took every socket fd: unix, netlink, ...
-                continue
-            pid = pids.get(inode)
-            key = by_pid.get((pid, comm))
-            if key is None:
-                container = self._container_of(pid) if (self._container_of and pid) else None
-                key = by_pid[(pid, comm)] = ((comm, container.name, container.pod_namespace, container.pod)
-                                             if container else (comm, "", "", ""))
-            keys[inode] = key
-        return keys
+    def _owner_keys(self, found) -> dict:
+        """{inode: (comm, container, pod namespace, pod)} for every socket a process holds
+        (TCP or not: the others are never looked up). The container is found once per
+        process; the per-socket work is done in C."""
+        holders = list(map(getattr(found, "pids", {}).get, found.owners))   # pid of each inode
+        if None in holders:   # a scan that did not say which process: the name stands in
+            holders = [comm if pid is None else pid for pid, comm in zip(holders, found.owners.values())]
+        comm_of = dict(zip(holders, found.owners.values()))                 # one comm per holder
+        by_holder = {}
+        for holder, comm in comm_of.items():
+            pid = holder if isinstance(holder, int) else None
+            container = self._container_of(pid) if (self._container_of and pid) else None
+            by_holder[holder] = ((comm, container.name, container.pod_namespace, container.pod)
+                                 if container else (comm, "", "", ""))
+        return dict(zip(found.owners, map(by_holder.__getitem__, holders)))
 
     def _process_families(self, scan: NetnsScan, labels: dict, reading: Optional[BpfReading], oldest,
                           found) -> list:
         opts = self._options
-        keys = self._owner_keys(scan, found)
+        keys = self._owner_keys(found)
         now = self._clock()
         cookies = [s.cookie for d in scan.dumps for s in d.snap.close_wait]
         first_seen = dict(self._close_wait_first_seen.update(cookies, now))

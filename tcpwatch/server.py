@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
-from prometheus_client.exposition import choose_encoder
-
 from .config import ListenAddress
+from .exposition import encoder_for
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ def _handler_class(holder: dict, telemetry_path: str, stats: HttpStats):
                 if registry is None:
                     self._reply(503, "text/plain; charset=utf-8", b"starting\n")
                     return
-                encoder, content_type = choose_encoder(self.headers.get("Accept"))
+                encoder, content_type = encoder_for(self.headers.get("Accept"))
                 self._reply(200, content_type, encoder(registry))
             elif path in static:
                 self._reply(200, *static[path], _PAGE_HEADERS)

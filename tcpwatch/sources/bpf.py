@@ -242,7 +242,6 @@ class BpfProgram:
                 self.time_wait_tracked = True
         if emit_events:
             cflags.append("-DEMIT_EVENTS")
-        owner_iterator = self._owner_iterator_flags(btf_path, cflags) if scan_owners else None
         hooks = TP_BTF_HOOKS + (TP_BTF_TIMER_HOOKS if self.time_wait_tracked else ())
 
         if attach == "tracepoint":
@@ -253,6 +252,7 @@ class BpfProgram:
             self.attach = AttachChoice("tracepoint", "no_btf", layout_error)
         else:
             self.attach = AttachChoice("tp_btf", "requested" if attach == "tp_btf" else "btf")
+        owner_iterator, no_iterator = self._owner_iterator_flags(btf_path, cflags) if scan_owners else (None, "")
         if self.attach.mode == "tp_btf":
             try:
                 self._load(cflags + ["-DATTACH_TP_BTF"], offsets, ids, hooks, tp_btf=True)
@@ -271,24 +271,22 @@ class BpfProgram:
                         extra={"reason": self.attach.detail})
         if owner_iterator is not None:
             self._attach_owner_iterator(owner_iterator)
+        elif no_iterator:
+            log.info("socket owners come from the /proc walk, not the eBPF iterator", extra={"reason": no_iterator})
         self._release_compiler_memory()
 
     @staticmethod
-    def _owner_iterator_flags(btf_path: str, cflags: list):
-        """Compile the socket-owner iterator in (cflags), when it can work here: the BTF id it
-        attaches to, or None (owners then come from the /proc walk; the log says why)."""
+    def _owner_iterator_flags(btf_path: str, cflags: list) -> tuple:
+        """Compile the socket-owner iterator in (cflags), when it can work here: (the BTF id
+        it attaches to, "") or (None, why not: owners then come from the /proc walk)."""
         if not in_initial_pid_namespace():
-            why = "tcpwatch runs in a pid namespace of its own"
-        else:
-            try:
-                offsets, iterator_id = owner_layout(btf_path)
-            except btf.BtfError as exc:
-                why = str(exc)
-            else:
-                cflags += ["-DOWNER_ITER"] + [f"-D{name}={value}" for name, value in offsets.items()]
-                return iterator_id
-        log.info("socket owners come from the /proc walk, not the eBPF iterator", extra={"reason": why})
-        return None
+            return None, "tcpwatch runs in a pid namespace of its own"
+        try:
+            offsets, iterator_id = owner_layout(btf_path)
+        except btf.BtfError as exc:
+            return None, str(exc)
+        cflags += ["-DOWNER_ITER"] + [f"-D{name}={value}" for name, value in offsets.items()]
+        return iterator_id, ""
 
     def _attach_owner_iterator(self, iterator_id: int) -> None:
         try:
