@@ -145,7 +145,7 @@ def test_mixed_lengths_and_families_decode_by_columns_like_the_walk(want_owners,
         full = state not in (states.TIME_WAIT, states.SYN_RECV)
         inode = 1000 + i if full and rng.random() < 0.8 else 0
         msgs.append(diag_msg(state, inode=inode, sport=rng.choice([80, 443, 40000 + i]), src=src,
-                             family=family, cookie=i, rqueue=i % 3, attrs=attr if full else b"",
+                             family=family, cookie=(i << 37) | i, rqueue=i % 3, attrs=attr if full else b"",
                              expires=rng.randrange(1000, 60000), dport=rng.choice([5432, 50000 + i])))
     msgs.sort(key=lambda m: m[17] != states.LISTEN)   # the kernel sends listeners first
     chunk = b"".join(msgs) + done()
@@ -157,6 +157,10 @@ def test_mixed_lengths_and_families_decode_by_columns_like_the_walk(want_owners,
     walker._feed_each(chunk, 0)
     assert decoder.done and walker.done
     assert by_columns == by_walk
+    if want_owners:   # CLOSE_WAIT details were built by columns: 64-bit cookies, both families
+        assert by_columns.close_wait and any(s.cookie >> 32 for s in by_columns.close_wait)
+        assert {s.endpoint.family for s in by_columns.close_wait} == {"ipv4", "ipv6"}
+        assert any(state == states.CLOSE_WAIT for _e, state in by_columns.unaccepted)
     assert by_columns.counts[("ipv6", states.TIME_WAIT)] and by_columns.counts[("ipv4", states.TIME_WAIT)]
     assert by_columns.total() == 400
 

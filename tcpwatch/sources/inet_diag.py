@@ -18,8 +18,8 @@ import os
 import random
 from errno import errorcode as errno_names
 from collections import Counter
-from itertools import accumulate, compress
-from operator import itemgetter, not_, or_, sub
+from itertools import accumulate, compress, repeat
+from operator import add, and_, itemgetter, not_, or_, sub
 import socket
 import struct
 import sys
@@ -59,6 +59,10 @@ _DONE_LEN = _NLMSGHDR_LEN + 4                 # NLMSG_DONE carries one int
 
 _RECV_BYTES = 64 * 1024                   # the kernel fills at most ~32 KiB per dump chunk
 _LITTLE_ENDIAN = sys.byteorder == "little"
+_FAMILY_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+_ADDR_LEN = bytes(16 if i == socket.AF_INET6 else 4 for i in range(256))          # by family byte
+_ACCEPT_QUEUE_MARK = bytes(1 if i in (states.ESTABLISHED, states.SYN_RECV) else 0 for i in range(256))
+_RAW_END = _SRC_AT + 16 - _FAMILY_AT    # family byte .. end of the 16-byte source address
 # Random first number: the chunk splitter's marker holds it, so a peer cannot predict it.
 _sequence = itertools.count(random.randrange(1, 1 << 30))
 # struct inet_diag_req: family, src_len, dst_len, ext, inet_diag_sockid (48 bytes), states, dbs
@@ -192,7 +196,7 @@ class Decoder:
         self.want_ports = want_ports
         self.done = False
         self._per_state = [0] * 32        # state, +16 for IPv6
-        self._unaccepted = Counter()      # raw (family .. source address, state) -> sockets
+        self._unaccepted = Counter()      # (raw family .. source address, state) -> sockets
         self._listening = set()           # local ports of listeners, byte-swapped
         self._server = Counter()          # (swapped local port, state) -> sockets
         self._client = Counter()          # (swapped remote port, state) -> sockets
@@ -263,27 +267,55 @@ class Decoder:
             self._note_time_wait(min(compress(expires, map(states.TIME_WAIT.__eq__, state_bytes))))
         if self.want_owners:
             self.snap.inode_states.update(zip(inodes, state_bytes))
-        # CLOSE_WAIT details feed the owner and age metrics only.
-        for state in (states.LISTEN, states.CLOSE_WAIT) if self.want_owners else (states.LISTEN,):
-            i = state_bytes.find(state)
-            while i >= 0:
-                self._note_special(data, offsets[i], state, inodes[i])
-                i = state_bytes.find(state, i + 1)
+        i = state_bytes.find(states.LISTEN)   # listeners: few, one by one
+        while i >= 0:
+            self._note_special(data, offsets[i], states.LISTEN, inodes[i])
+            i = state_bytes.find(states.LISTEN, i + 1)
         if self.want_ports:
             self._count_ports(state_bytes, local_ports, remote_ports)
-        if self.want_owners and (state_bytes.count(states.ESTABLISHED) or state_bytes.count(states.SYN_RECV)):
-            # No fd yet: counted per (local end, state) as raw bytes, made Endpoints at the end.
-            unaccepted = self._unaccepted
-            i = -1
-            for _ in range(inodes.count(0)):
-                i = inodes.index(0, i + 1)
-                state = state_bytes[i]
-                if state == states.ESTABLISHED or state == states.SYN_RECV:
-                    o = offsets[i]
-                    unaccepted[data[o + _FAMILY_AT:o + _SRC_AT + 16] + bytes((state,))] += 1
+        if self.want_owners:
+            # CLOSE_WAIT details (ages, owners) and sockets no fd holds yet, picked out in C.
+            if states.CLOSE_WAIT in state_bytes:
+                self._close_wait_columns(data, offsets, state_bytes, family_bytes, inodes)
+            chosen = list(compress(range(count), map(and_, map((0).__eq__, inodes),
+                                                      state_bytes.translate(_ACCEPT_QUEUE_MARK))))
+            if chosen:
+                # counted per (family .. local address bytes, state), made Endpoints at the end
+                starts = list(map(_FAMILY_AT.__add__, _gather(chosen, offsets)))
+                raws = map(data.__getitem__, map(slice, starts, map(_RAW_END.__add__, starts)))
+                self._unaccepted.update(zip(raws, _gather(chosen, state_bytes)))
         if rest:
             self._finish()
         return True
+
+    def _close_wait_columns(self, data, offsets, state_bytes: bytes, family_bytes: bytes, inodes) -> None:
+        """Every CLOSE_WAIT socket of a chunk as a CloseWaitSocket, built column by column
+        (cookies, addresses, ports) with no Python per socket; those still in an accept
+        queue (inode 0) also counted as unaccepted."""
+        chosen = list(compress(range(len(state_bytes)), map(states.CLOSE_WAIT.__eq__, state_bytes)))
+        at = _gather(chosen, offsets)
+        words = memoryview(data).cast("I")
+        low = _gather(list(map((_COOKIE_AT // 4).__add__, map((2).__rrshift__, at))), words)
+        high = _gather(list(map((_COOKIE_AT // 4 + 1).__add__, map((2).__rrshift__, at))), words)
+        cookies = list(map(or_, low, map((32).__rlshift__, high)))
+        families = bytes(_gather(chosen, family_bytes))
+        lengths = families.translate(_ADDR_LEN)
+        labels = list(map(_FAMILY_NAMES.__getitem__, families))
+
+        def addresses(field_at):
+            starts = list(map(field_at.__add__, at))
+            return list(map(data.__getitem__, map(slice, starts, map(add, starts, lengths))))
+
+        def ports(field_at):
+            high_bytes = _gather(list(map(field_at.__add__, at)), data)
+            low_bytes = _gather(list(map((field_at + 1).__add__, at)), data)
+            return list(map(add, map((8).__rlshift__, high_bytes), low_bytes))
+
+        endpoints = list(map(tuple.__new__, repeat(Endpoint), zip(labels, addresses(_SRC_AT), ports(_SPORT_AT))))
+        chosen_inodes = _gather(chosen, inodes)
+        self.snap.close_wait.extend(map(tuple.__new__, repeat(CloseWaitSocket), zip(
+            cookies, chosen_inodes, endpoints, addresses(_DST_AT), ports(_DPORT_AT))))
+        self.snap.unaccepted.update(zip(compress(endpoints, map(not_, chosen_inodes)), repeat(states.CLOSE_WAIT)))
 
     def _count_ports(self, state_bytes: bytes, local_ports: list, remote_ports: list) -> None:
         """Server- and client-side counts of one chunk, picked out in C (see the class doc)."""
@@ -357,12 +389,12 @@ class Decoder:
 
     def _finish(self) -> None:
         self.done = True
-        for raw, count in self._unaccepted.items():
+        for (raw, state), count in self._unaccepted.items():
             v6 = raw[0] == socket.AF_INET6
             start = _SRC_AT - _FAMILY_AT
             endpoint = Endpoint("ipv6" if v6 else "ipv4", raw[start:start + (16 if v6 else 4)],
                                 _SPORT.unpack_from(raw, _SPORT_AT - _FAMILY_AT)[0])
-            self.snap.unaccepted[(endpoint, raw[-1])] += count
+            self.snap.unaccepted[(endpoint, state)] += count
         self.snap.inode_states.pop(0, None)   # sockets without an fd are not keyed by inode
         if self.want_ports:
             for mine, theirs in ((self._server, self.snap.server_ports), (self._client, self.snap.client_ports)):
