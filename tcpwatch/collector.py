@@ -68,7 +68,7 @@ class _Group:
         self.time_wait_min_ms = -1
         self.ephemeral_ports = -1
         self.kernel = {}
-        self.ports = {"server": Counter(), "client": Counter()}
+        self.ports = {side: Counter() for side in ports.SIDES}
         self.activity = NetnsActivity()
         self.has_activity = False
         self.dumped = False
@@ -362,7 +362,7 @@ class TcpCollector:
             "Accept-queue capacity (listen() backlog, capped by net.core.somaxconn) of "
             "listening sockets on this local port, summed over the port's listeners.",
             labels=["netns", "port"])
-        ports = GaugeMetricFamily(
+        ephemeral = GaugeMetricFamily(
             "tcpwatch_ephemeral_ports",
             "Ports in the namespace's net.ipv4.ip_local_port_range, from which connect() picks "
             "local ports: the most connections (TIME_WAIT included) that can exist at once to "
@@ -378,8 +378,8 @@ class TcpCollector:
                 length.add_metric([label, port], queued)
                 limit.add_metric([label, port], capacity)
             if group.ephemeral_ports >= 0:
-                ports.add_metric([label], group.ephemeral_ports)
-        return [sockets, length, limit, ports]
+                ephemeral.add_metric([label], group.ephemeral_ports)
+        return [sockets, length, limit, ephemeral]
 
     def _port_family(self, groups: dict):
         opts = self._options

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import Callable, Optional
 
-from . import histograms, namespaces
+from . import histograms, namespaces, ports
 
 VERSION = 1
 RATE_WINDOW_SECONDS = 60.0
@@ -108,7 +108,7 @@ def _per_netns(families) -> dict:
     def ns(label):
         return out.setdefault(label, {
             "states": {}, "owners": {}, "ages": {}, "queues": {}, "time_wait_oldest": None,
-            "ports": {"server": {}, "client": {}}, "ephemeral_ports": None, "kind": "", "info": {}})
+            "ports": {side: {} for side in ports.SIDES}, "ephemeral_ports": None, "kind": "", "info": {}})
 
     for family in families:
         name = family.name
@@ -218,7 +218,7 @@ def build(families, history: History, now: float, wall_time: float, netns: Optio
             "handshakes": _handshakes(mine["durations"], before["durations"] if before else None, window),
             "ports": {side: [{"port": p, "states": s} for p, s in sorted(
                 d["ports"][side].items(), key=lambda item: (-sum(item[1].values()), item[0]))]
-                for side in ("server", "client")},
+                for side in ports.SIDES},
             "ephemeral_ports": ports_range,
             "piling_up": {
                 "close_wait": close_wait >= CLOSE_WAIT_PILE or (
