@@ -86,7 +86,6 @@ class OwnerScan:
 
     owners: dict = field(default_factory=dict)   # inode -> process name (comm)
     pids: dict = field(default_factory=dict)     # inode -> pid of that process
-    processes: int = 0                           # processes looked at
     unreadable: int = 0                          # processes whose fds we were not allowed to read
 
 

@@ -143,7 +143,7 @@ def fetch_state(base: str, config: ClientConfig, netns: Optional[str] = None) ->
         raise ConfigError(f"--from {base}: {reason}") from None
     except urllib.error.URLError as exc:
         raise ConfigError(f"--from {base}: {_why(exc.reason)}") from None
-    except (OSError, ssl.SSLError) as exc:   # timeouts, resets mid-answer
+    except OSError as exc:   # timeouts, resets mid-answer, TLS errors after the handshake
         raise ConfigError(f"--from {base}: {_why(exc)}") from None
     try:
         document = json.loads(body)

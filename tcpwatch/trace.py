@@ -59,8 +59,6 @@ def trace(args) -> int:
     wanted = states.BY_NAME.get(args.state) if args.state else None
 
     def show(event):
-        if event.oldstate == states.TIME_WAIT:   # the ladder's; the plain forms stay as they were
-            return
         if wanted is not None and wanted not in (event.oldstate, event.newstate):
             return
         t = event.tuple

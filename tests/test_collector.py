@@ -76,7 +76,7 @@ def registry_for(dump, scan, clock=None, options=CollectorOptions(), bpf_read=No
 
 
 def owners(inodes):
-    return OwnerScan(owners={1: "web", 2: "web", 4: "web", 3: "client"}, processes=2)
+    return OwnerScan(owners={1: "web", 2: "web", 4: "web", 3: "client"})
 
 
 def normalised(text):

@@ -332,9 +332,8 @@ class BpfProgram:
         finally:
             os.close(fd)
         result = OwnerScan()
-        owners, pids, names, holders = result.owners, result.pids, {}, set()
+        owners, pids, names = result.owners, result.pids, {}
         for tgid, _pad, inode, comm in _SOCKET_OWNER.iter_unpack(b"".join(chunks)):
-            holders.add(tgid)
             if inode in owners or (wanted_inodes is not None and inode not in wanted_inodes):
                 continue
             name = names.get(comm)
@@ -342,7 +341,6 @@ class BpfProgram:
                 name = names[comm] = comm.split(b"\0", 1)[0].decode("utf-8", errors="replace")
             owners[inode] = name
             pids[inode] = tgid
-        result.processes = len(holders)
         return result
 
     def _load(self, cflags: list, offsets: dict, ids: dict, hooks, tp_btf: bool) -> None:

@@ -45,7 +45,6 @@ def scan(wanted_inodes, proc_root: str = "/proc") -> OwnerScan:
             continue
         finally:
             os.close(fd_dir)
-        result.processes += 1
         if found:
             comm = _comm(proc_root, pid)
             if comm is not None:
