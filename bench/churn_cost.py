@@ -106,9 +106,10 @@ class InProcess:
         if mode == "tp_btf":
             compiled = BPF(text=FLOOR.encode(), cflags=["-DATTACH_TP_BTF"])
             type_id = btf.Btf.load().type_id(btf.TYPEDEF, "btf_trace_inet_sock_set_state")
-            prog_fd, link = bpf.attach_tp_btf(compiled, "floor_tp_btf", type_id)
-            if link is None:
-                raise SystemExit("cannot attach the floor program as tp_btf")
+            try:
+                prog_fd, link = bpf.attach_tp_btf(compiled, "floor_tp_btf", type_id)
+            except bpf.BpfUnavailable as exc:
+                raise SystemExit(f"cannot attach the floor program as tp_btf: {exc}") from None
             os.close(link)
             return cls(compiled, [prog_fd], {})
         return cls(BPF(text=FLOOR.encode()), [], {"sock:inet_sock_set_state": "tracepoint__sock__inet_sock_set_state"})
@@ -118,10 +119,11 @@ class InProcess:
         program = bpf.BpfProgram(attach=mode, track_time_wait=time_wait)
         classic = {} if mode == "tp_btf" else {
             tp.decode(): fn for tp, fn in ((tp, _classic_function(tp)) for tp in program.bpf.tracepoint_fds)}
-        prog_fds, program._prog_fds = program._prog_fds, []   # this object owns them now
-        for link in program._links:
+        loaded = program.loaded
+        prog_fds, loaded.prog_fds = loaded.prog_fds, []   # this object owns them now
+        for link in loaded.links:
             os.close(link)
-        program._links = []
+        loaded.links = []
         tool = cls(program.bpf, prog_fds, classic)
         tool.program = program
         return tool

@@ -45,14 +45,9 @@ def run(settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)   # until there is something to reload
-    from prometheus_client import CollectorRegistry
     from prometheus_client.process_collector import ProcessCollector
 
     from . import logs, server, systemd, webconfig
-    from .collector import CollectorOptions, ServerCollector, TcpCollector
-    from .scan import NamespaceScanner
-    from .sources import processes, runtime
-    from .state_api import StateApi
 
     logs.configure(settings.log_level, settings.log_format)
     _name_process("tcpwatch")
@@ -69,22 +64,8 @@ def run(settings) -> int:
         # collectors are set up (compiling the eBPF program takes seconds).
         server.serve_in_background(http)
         program = _load_ebpf(settings)
-        registry = CollectorRegistry()
-        options = CollectorOptions(settings.process_enabled, settings.process_max_series,
-                                   settings.listen_max_ports, settings.netns_max_series,
-                                   settings.port_enabled, settings.port_server_max,
-                                   settings.port_client_max, settings.port_include)
-        scanner = NamespaceScanner(all_namespaces=settings.netns_enabled,
-                                   runtimes=runtime.Runtimes(containerd_state=settings.containerd_state))
-        collector = TcpCollector(options, scanner.scan, _owner_scan(program, processes.scan),
-                                 bpf_read=program.read if program else None,
-                                 container_of=scanner.container_of,
-                                 bpf_release=program.release_stale_netns if program else None)
-        registry.register(collector)
-        api = StateApi(collector.collect)
-        collector.observers.append(api.observe)
+        registry, api = _registry(settings, program, http.stats)
         registry.register(ProcessCollector(registry=None))
-        registry.register(ServerCollector(http.stats))
         server.set_registry(http, registry, api)
         address = server.bound_address(http)
         log.info("listening", extra={"address": address, "path": settings.telemetry_path,
@@ -136,7 +117,7 @@ def _load_ebpf(settings):
     try:
         return bpf.BpfProgram(settings.bpf_max_sockets, settings.bpf_ports, settings.bpf_time_wait,
                               attach=settings.bpf_attach, max_netns=settings.bpf_max_netns,
-                              btf_path=settings.bpf_btf, scan_owners=settings.process_enabled)
+                              btf_path=settings.bpf_btf, owner_iterator=settings.process_enabled)
     except bpf.AttachModeUnavailable as exc:   # an explicit mode is a promise, even with --ebpf auto
         raise ConfigError(str(exc)) from None
     except bpf.BpfUnavailable as exc:
@@ -146,20 +127,48 @@ def _load_ebpf(settings):
         return None
 
 
-def _owner_scan(program, proc_walk):
+def _registry(settings, program, http_stats):
+    """The registry of /metrics (the Exporter, tcpwatch's own server) and the state API."""
+    from prometheus_client import CollectorRegistry
+
+    from .collectors import CollectorSettings
+    from .collectors.http_server import ServerCollector
+    from .exporter import Exporter
+    from .model import DumpWants
+    from .namespace_dumps import NamespaceDumper
+    from .snapshot import Sources
+    from .sources import processes, runtime
+    from .state_api import StateApi
+
+    dumper = NamespaceDumper(DumpWants(owners=settings.process_enabled, ports=settings.port_enabled),
+                             all_namespaces=settings.netns_enabled,
+                             runtimes=runtime.Runtimes(containerd_state=settings.containerd_state))
+    sources = Sources(dumper, _owner_walk(program, processes.walk_owners) if settings.process_enabled else None,
+                      bpf_read=program.read if program else None,
+                      bpf_release=program.release_stale_netns if program else None)
+    exporter = Exporter(CollectorSettings.from_run_settings(settings), sources)
+    api = StateApi(exporter.collect)
+    exporter.observers.append(api.observe)
+    registry = CollectorRegistry()
+    registry.register(exporter)
+    registry.register(ServerCollector(http_stats))
+    return registry, api
+
+
+def _owner_walk(program, proc_walk):
     """Who holds each socket: the eBPF task_file iterator when it is attached (one read per
     scrape), else the /proc walk (one readlink per fd). A failed read falls back to the walk
     for that scrape."""
     if program is None or not program.scans_owners:
         return proc_walk
 
-    def scan(wanted_inodes):
+    def walk(wanted_inodes):
         try:
             return program.socket_owners(wanted_inodes)
         except OSError as exc:
             log.warning("socket-owner iterator failed, walking /proc this scrape", extra={"error": str(exc)})
             return proc_walk(wanted_inodes)
-    return scan
+    return walk
 
 
 def _name_process(name: str) -> None:
@@ -176,23 +185,23 @@ def snapshot(args) -> int:
     if args.from_url is not None or args.from_config is not None:
         return snapshot_from(args)
     from . import report
-    from .scan import NamespaceScanner
+    from .namespace_dumps import NamespaceDumper
     from .sources import processes, runtime
 
-    scanner = NamespaceScanner(runtimes=runtime.Runtimes(containerd_state=args.containerd_state))
+    dumper = NamespaceDumper(runtimes=runtime.Runtimes(containerd_state=args.containerd_state))
     try:
-        scan = scanner.scan(want_owners=True)
-        dumps = scan.dumps
+        read = dumper.dump_all(dumper.discover())
+        dumps = read.dumps
         if args.netns is not None:
             dumps = [d for d in dumps if d.info.name == args.netns]
             if not dumps:
-                names = ", ".join(sorted(d.info.name for d in scan.dumps))
+                names = ", ".join(sorted(d.info.name for d in read.dumps))
                 raise ConfigError(f"--netns {args.netns!r}: no such network namespace readable here "
                                   f"(found: {names})")
-        owners = processes.scan(set().union(*(d.snap.inode_states.keys() for d in dumps))).owners
-        result = report.build_all(dumps, owners, args.top, unreadable=scan.unreadable)
+        owners = processes.walk_owners(set().union(*(d.snap.inode_states.keys() for d in dumps))).owners
+        result = report.build_all(dumps, owners, args.top, unreadable=read.unreadable)
     finally:
-        scanner.close()
+        dumper.close()
     print(json.dumps(result) if args.json else report.render_all(result))
     return 0
 

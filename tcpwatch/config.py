@@ -11,13 +11,13 @@ import ipaddress
 from dataclasses import dataclass
 
 from . import __version__
+from .sources import ebpf_plan
 
 DEFAULT_PORT = 9787
 DEFAULT_LISTEN_ADDRESS = f":{DEFAULT_PORT}"
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("logfmt", "json")
 EBPF_MODES = ("auto", "on", "off")
-ATTACH_MODES = ("auto", "tp_btf", "tracepoint")   # mirrors sources.bpf.ATTACH_MODES
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 
 
@@ -77,23 +77,26 @@ def _ebpf_mode(text) -> str:
 
 
 def _attach_mode(text) -> str:
-    if text not in ATTACH_MODES:
-        raise argparse.ArgumentTypeError(f"{text!r} must be one of {', '.join(ATTACH_MODES)}")
+    try:
+        ebpf_plan.check_attach(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
-def _max_netns(text) -> int:
-    value = _non_negative(text)
-    if not 2 <= value <= 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} must be from 2 to 65536")
-    return value
+def _within(limits):
+    """A converter: a whole number within ``limits``, checked by ebpf_plan (the one place)."""
+    def convert(text) -> int:
+        try:
+            ebpf_plan.check_range(_non_negative(text), limits)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return int(text)
+    return convert
 
 
-def _max_sockets(text) -> int:
-    value = _non_negative(text)
-    if not 1 <= value <= 1 << 24:
-        raise argparse.ArgumentTypeError(f"{text!r} must be from 1 to 16777216")
-    return value
+_max_netns = _within(ebpf_plan.MAX_NETNS_RANGE)
+_max_sockets = _within(ebpf_plan.MAX_SOCKETS_RANGE)
 
 
 def parse_port_range(text):

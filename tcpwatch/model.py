@@ -79,10 +79,18 @@ class DiagSnapshot:
         return totals
 
 
+@dataclass(frozen=True)
+class DumpWants:
+    """What each inet_diag dump keeps beyond the counts: fixed at start-up by the flags."""
+
+    owners: bool = True   # each socket's inode (to join owners) and CLOSE_WAIT details
+    ports: bool = False   # connections per service port (--collector.port)
+
+
 @dataclass
-class OwnerScan:
+class SocketOwners:
     """Which process holds each socket: from the /proc walk (sources/processes.py) or the
-    eBPF task_file iterator (sources/bpf.py)."""
+    eBPF task_file iterator (sources/ebpf_maps.py)."""
 
     owners: dict = field(default_factory=dict)   # inode -> process name (comm)
     pids: dict = field(default_factory=dict)     # inode -> pid of that process
@@ -162,11 +170,10 @@ class NetnsDump:
 
 
 @dataclass
-class NetnsScan:
-    """Every namespace of one scrape: those read, and what could not be."""
+class NamespaceDumps:
+    """Every namespace of one scrape: those dumped, and what could not be."""
 
     dumps: list = field(default_factory=list)             # [NetnsDump]
     infos: dict = field(default_factory=dict)             # inode -> NetnsInfo, every one found
     unreadable: int = 0                                   # namespaces found but not read
     failures: Counter = field(default_factory=Counter)    # reason -> namespaces, this scrape
-    seconds: dict = field(default_factory=dict)           # "netns" (discovery, names), "inet_diag" (dumps)

@@ -34,10 +34,10 @@ def trace(args) -> int:
                                  track_time_wait=args.ladder, emit_events=True, attach=args.attach)
     except bpf.BpfUnavailable as exc:
         raise ConfigError(f"trace needs eBPF: {exc}") from None
-    from .scan import NamespaceScanner
+    from .namespace_dumps import NamespaceDumper
     from .sources import runtime
 
-    scanner = NamespaceScanner(runtimes=runtime.Runtimes(containerd_state=args.containerd_state))
+    dumper = NamespaceDumper(runtimes=runtime.Runtimes(containerd_state=args.containerd_state))
     names = {}
     refreshed = [float("-inf")]
 
@@ -49,7 +49,7 @@ def trace(args) -> int:
         if inode not in names and time.monotonic() - refreshed[0] >= 1.0:
             refreshed[0] = time.monotonic()
             names.clear()
-            names.update((i, info.name) for i, info in scanner.names().items())
+            names.update((i, info.name) for i, info in dumper.names().items())
         return names.get(inode, f"netns-{inode}")
 
     stopping = []
@@ -100,7 +100,7 @@ def trace(args) -> int:
         pass
     finally:
         program.close()
-        scanner.close()
+        dumper.close()
     return 0
 
 

@@ -13,70 +13,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from fixtures import Clock, exporter_for, hand_built_reading, hand_built_snapshot, owners
 from helpers import parse_metrics, value
-from tcpwatch import histograms, states
-from tcpwatch.collector import CollectorOptions, TcpCollector
-from tcpwatch.scan import single_namespace
-from tcpwatch.model import BpfReading, CloseWaitSocket, NetnsActivity, DiagSnapshot, Endpoint, Listener
-from tcpwatch.sources.processes import OwnerScan
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
-LOCAL = socket.inet_aton("127.0.0.1")
-
-
-def hand_built_snapshot():
-    snap = DiagSnapshot(netns_inode=4026531840)
-    for family in states.FAMILIES:
-        for state in states.REPORTED:
-            snap.counts[(family, state)] = 0
-    snap.counts.update({("ipv4", states.LISTEN): 1, ("ipv4", states.ESTABLISHED): 2,
-                        ("ipv4", states.CLOSE_WAIT): 2, ("ipv6", states.TIME_WAIT): 4})
-    snap.listeners = [Listener(Endpoint("ipv4", bytes(4), 8080), 1, 1, 128)]
-    snap.inode_states = {1: states.LISTEN, 2: states.ESTABLISHED, 3: states.ESTABLISHED,
-                         4: states.CLOSE_WAIT}
-    snap.unaccepted = Counter({(Endpoint("ipv4", LOCAL, 8080), states.CLOSE_WAIT): 1})
-    snap.close_wait = [CloseWaitSocket(40, 4, Endpoint("ipv4", LOCAL, 8080), LOCAL, 50000),
-                       CloseWaitSocket(41, 0, Endpoint("ipv4", LOCAL, 8080), LOCAL, 50001)]
-    snap.time_wait_min_remaining_ms = 45000
-    snap.server_ports = Counter({(8080, states.CLOSE_WAIT): 2})
-    snap.client_ports = Counter({(5432, states.ESTABLISHED): 2, (443, states.TIME_WAIT): 4})
-    return snap
-
-
-def hand_built_reading():
-    """Four handshakes of about 0.6 ms, one failed; socket 40 entered CLOSE_WAIT at t=900 s."""
-    slots = [0] * histograms.SLOTS
-    slots[20 - histograms.FIRST_SLOT] = 4
-    return BpfReading(
-        attach_mode="tp_btf", attach_reason="btf",
-        netns={4026531840: NetnsActivity(
-            transitions=Counter({(states.CLOSE, states.SYN_SENT): 5, (states.SYN_SENT, states.ESTABLISHED): 4,
-                                 (states.SYN_SENT, states.CLOSE): 1, (states.ESTABLISHED, states.SYN_SENT): 0}),
-            duration_slots={states.SYN_SENT: slots},
-            duration_sum_ns=Counter({states.SYN_SENT: 4 * 600_000}),
-            counters=Counter({"retransmits": 7, "resets_sent": 1})),
-            0: NetnsActivity(counters=Counter({"resets_received": 3}))},   # unknown namespace: "other"
-        counters={"unknown_socket": 2, "netns_tracked": 1},
-        close_wait_entered_ns={40: 900 * 10**9})
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-def registry_for(dump, scan, clock=None, options=CollectorOptions(), bpf_read=None):
-    registry = CollectorRegistry()
-    collector = TcpCollector(options, single_namespace(dump, lambda: 28232), scan, clock or Clock(), bpf_read)
-    registry.register(collector)
-    return registry, collector
-
-
-def owners(inodes):
-    return OwnerScan(owners={1: "web", 2: "web", 4: "web", 3: "client"})
 
 
 def normalised(text):
@@ -85,8 +25,7 @@ def normalised(text):
 
 def test_golden_exposition():
     clock = Clock()
-    registry, _ = registry_for(lambda want, **_: hand_built_snapshot(), owners, clock,
-                               bpf_read=hand_built_reading)
+    registry, _ = exporter_for(hand_built_snapshot, owners, clock, bpf_read=hand_built_reading)
     generate_latest(registry)
     clock.now += 42.0
     text = normalised(generate_latest(registry).decode())
@@ -104,8 +43,7 @@ def test_golden_exposition_passes_promtool():
 
 def test_ebpf_entry_time_makes_close_wait_age_exact():
     clock = Clock()
-    registry, _ = registry_for(lambda want, **_: hand_built_snapshot(), owners, clock,
-                               bpf_read=hand_built_reading)
+    registry, _ = exporter_for(hand_built_snapshot, owners, clock, bpf_read=hand_built_reading)
     samples = parse_metrics(generate_latest(registry).decode())
     # socket 40 entered CLOSE_WAIT at 900 s by the program's clock; the scrape is at 1000 s
     assert value(samples, "tcpwatch_state_oldest_age_seconds", state="close_wait", process="web") == 100.0
@@ -121,7 +59,7 @@ def test_ebpf_entry_time_makes_close_wait_age_exact():
 
 
 def test_without_ebpf_the_gauge_says_so():
-    registry, _ = registry_for(lambda want, **_: hand_built_snapshot(), owners)
+    registry, _ = exporter_for(hand_built_snapshot, owners)
     samples = parse_metrics(generate_latest(registry).decode())
     assert value(samples, "tcpwatch_ebpf_enabled") == 0
     assert not [k for k in samples if k[0] == "tcpwatch_state_transitions_total"]
@@ -129,7 +67,7 @@ def test_without_ebpf_the_gauge_says_so():
 
 def test_close_wait_age_grows_between_scrapes_and_is_owned():
     clock = Clock()
-    registry, _ = registry_for(lambda want, **_: hand_built_snapshot(), owners, clock)
+    registry, _ = exporter_for(hand_built_snapshot, owners, clock)
     parse_metrics(generate_latest(registry).decode())
     clock.now += 7.5
     samples = parse_metrics(generate_latest(registry).decode())
@@ -139,10 +77,10 @@ def test_close_wait_age_grows_between_scrapes_and_is_owned():
 
 
 def test_failed_dump_fails_both_collectors_but_the_scrape_answers():
-    def broken(want, **_):
+    def broken():
         raise OSError("netlink went away")
 
-    registry, _ = registry_for(broken, owners)
+    registry, _ = exporter_for(broken, owners)
     samples = parse_metrics(generate_latest(registry).decode())
     assert value(samples, "tcpwatch_scrape_collector_success", collector="inet_diag") == 0
     assert value(samples, "tcpwatch_scrape_collector_success", collector="process") == 0
@@ -154,7 +92,7 @@ def test_failed_owner_scan_leaves_socket_counts():
     def broken(inodes):
         raise PermissionError("no /proc")
 
-    registry, _ = registry_for(lambda want, **_: hand_built_snapshot(), broken)
+    registry, _ = exporter_for(hand_built_snapshot, broken)
     samples = parse_metrics(generate_latest(registry).decode())
     assert value(samples, "tcpwatch_scrape_collector_success", collector="inet_diag") == 1
     assert value(samples, "tcpwatch_scrape_collector_success", collector="process") == 0
@@ -165,12 +103,12 @@ def test_concurrent_scrapes_share_one_dump():
     dumps = []
     gate = threading.Event()
 
-    def slow_dump(want, **_):
+    def slow_dump():
         dumps.append(1)
         gate.wait(5)
         return hand_built_snapshot()
 
-    registry, _ = registry_for(slow_dump, owners, clock=time.monotonic)
+    registry, _ = exporter_for(slow_dump, owners, clock=time.monotonic)
     results = []
     threads = [threading.Thread(target=lambda: results.append(generate_latest(registry)))
                for _ in range(20)]

@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from tcpwatch import states
-from tcpwatch.model import DiagSnapshot, Endpoint
+from tcpwatch.model import DiagSnapshot, DumpWants, Endpoint
 from tcpwatch.sources.inet_diag import Decoder, DumpError
 
 SOCK_DIAG_BY_FAMILY = 20
@@ -61,7 +61,7 @@ def test_ipv6_addresses_keep_sixteen_bytes():
 
 def test_without_owners_keeps_no_inodes():
     snap = DiagSnapshot()
-    Decoder(snap, want_owners=False).feed(
+    Decoder(snap, DumpWants(owners=False)).feed(
         diag_msg(states.ESTABLISHED, inode=5) + diag_msg(states.TIME_WAIT) + done())
     assert snap.inode_states == {} and not snap.unaccepted
     assert snap.counts[("ipv4", states.ESTABLISHED)] == 1
@@ -82,7 +82,7 @@ def test_truncated_message_is_an_error_not_a_wrong_count():
 
 def snapshot_of(chunks, want_owners=True, want_ports=False):
     snap = DiagSnapshot()
-    decoder = Decoder(snap, want_owners, want_ports)
+    decoder = Decoder(snap, DumpWants(want_owners, want_ports))
     for chunk in chunks:
         decoder.feed(chunk)
     assert decoder.done
@@ -150,10 +150,10 @@ def test_mixed_lengths_and_families_decode_by_columns_like_the_walk(want_owners,
     msgs.sort(key=lambda m: m[17] != states.LISTEN)   # the kernel sends listeners first
     chunk = b"".join(msgs) + done()
     by_columns = DiagSnapshot()
-    decoder = ColumnsOnly(by_columns, want_owners, want_ports)
+    decoder = ColumnsOnly(by_columns, DumpWants(want_owners, want_ports))
     decoder.feed(chunk)
     by_walk = DiagSnapshot()
-    walker = Decoder(by_walk, want_owners, want_ports)
+    walker = Decoder(by_walk, DumpWants(want_owners, want_ports))
     walker._feed_each(chunk, 0)
     assert decoder.done and walker.done
     assert by_columns == by_walk

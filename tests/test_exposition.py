@@ -7,7 +7,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from tcpwatch import exposition
-from test_collector import Clock, hand_built_reading, hand_built_snapshot, owners, registry_for
+from fixtures import Clock, exporter_for, hand_built_reading, hand_built_snapshot, owners
 
 
 class Families:
@@ -24,7 +24,7 @@ def both(*families):
 
 
 def test_golden_registry_is_byte_identical():
-    registry, _ = registry_for(lambda want, **_: hand_built_snapshot(), owners, Clock(), bpf_read=hand_built_reading)
+    registry, _ = exporter_for(hand_built_snapshot, owners, Clock(), bpf_read=hand_built_reading)
     ours, theirs = both(*registry.collect())
     assert ours == theirs and b"tcpwatch_state_duration_seconds_bucket" in ours
 

@@ -11,9 +11,11 @@ import time
 import pytest
 
 from helpers import Daemon, series, value, wait_for
-from tcpwatch.scan import single_namespace
-from tcpwatch.collector import CollectorOptions, TcpCollector
-from tcpwatch.sources import inet_diag, processes
+from fixtures import OneNamespace
+from tcpwatch.collectors import CollectorSettings
+from tcpwatch.exporter import Exporter
+from tcpwatch.snapshot import Sources
+from tcpwatch.sources import inet_diag
 
 pytestmark = pytest.mark.root
 
@@ -84,8 +86,8 @@ def test_detached_program_reads_as_a_failure_not_as_zeros(netns):
     from tcpwatch.sources.bpf import BpfProgram
 
     program = BpfProgram(max_sockets=64, port_range=(21980, 21989), track_time_wait=False)
-    collector = TcpCollector(CollectorOptions(process_enabled=False), single_namespace(inet_diag.dump), processes.scan,
-                             bpf_read=program.read)
+    collector = Exporter(CollectorSettings(process_enabled=False),
+                         Sources(OneNamespace(inet_diag.dump), bpf_read=program.read))
     assert {f.name for f in collector.collect()} >= {"tcpwatch_state_transitions"}
     program.close()
     families = {f.name: f for f in collector.collect()}

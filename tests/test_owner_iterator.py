@@ -33,7 +33,7 @@ os.kill(child, 9)
 
 @pytest.fixture(scope="module")
 def program():
-    loaded = bpf.BpfProgram(max_sockets=1024, track_time_wait=False, scan_owners=True)
+    loaded = bpf.BpfProgram(max_sockets=1024, track_time_wait=False, owner_iterator=True)
     try:
         yield loaded
     finally:
@@ -48,7 +48,7 @@ def test_iterator_owners_equal_the_proc_walk(program):
     try:
         parent, child = sorted(int(proc.stdout.readline()) for _ in range(2))
         by_iterator = program.socket_owners(None)
-        by_walk = processes.scan(None)
+        by_walk = processes.walk_owners(None)
         assert by_iterator.owners == by_walk.owners
         assert by_iterator.pids == by_walk.pids
         mine = {inode for inode, pid in by_iterator.pids.items() if pid in (parent, child)}

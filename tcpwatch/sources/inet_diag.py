@@ -28,11 +28,10 @@ from pyroute2.netlink import NETLINK_SOCK_DIAG, NLM_F_DUMP, NLM_F_REQUEST, NLMSG
 from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY
 
 from .. import states
-from ..model import CloseWaitSocket, DiagSnapshot, Endpoint, Listener
+from ..model import CloseWaitSocket, DiagSnapshot, DumpWants, Endpoint, Listener
 
 TCPDIAG_GETSOCK = 18                      # include/uapi/linux/inet_diag.h: the v1 request type
 _DIAG_TYPES = (TCPDIAG_GETSOCK, SOCK_DIAG_BY_FAMILY)   # replies carry the request's type
-_FAMILY_LABELS = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 _FAMILY_MARK = bytes(0x10 if i == socket.AF_INET6 else 0 for i in range(256))  # v6 -> bit 4
 
 _NLMSGHDR = struct.Struct("=IHH")        # nlmsg_len, nlmsg_type, nlmsg_flags (seq, pid skipped)
@@ -98,21 +97,21 @@ def open_socket() -> socket.socket:
     return sock
 
 
-def dump(want_owners: bool = True, sock=None, netns_inode=None, want_ports: bool = False) -> DiagSnapshot:
+def dump(wants: DumpWants = DumpWants(), sock=None, netns_inode=None) -> DiagSnapshot:
     """Dump every TCP socket of one network namespace, both families in one walk.
 
     ``sock``: a socket from ``open_socket`` (its namespace is the one dumped); without one,
-    a fresh socket dumps this thread's namespace. ``want_owners`` keeps the inode of each
+    a fresh socket dumps this thread's namespace. ``wants.owners`` keeps the inode of each
     socket so that processes can be matched to it; without it the dump keeps only counts,
-    listeners and CLOSE_WAIT sockets. ``want_ports`` counts sockets per service port
+    listeners and CLOSE_WAIT sockets. ``wants.ports`` counts sockets per service port
     (``DiagSnapshot.server_ports`` and ``client_ports``).
     """
     if sock is None:
         with open_socket() as fresh:
-            return dump(want_owners, fresh, _netns_inode(), want_ports)
+            return dump(wants, fresh, _netns_inode())
     snap = DiagSnapshot(netns_inode=netns_inode or 0)
     sock.sendall(_request(next(_sequence)))
-    decoder = Decoder(snap, want_owners, want_ports)
+    decoder = Decoder(snap, wants)
     while not decoder.done:
         data = sock.recv(_RECV_BYTES)
         if not data:
@@ -182,7 +181,7 @@ class Decoder:
     holds yet. A chunk that does not parse that way (an error, a truncated message) is
     walked message by message, which raises the right error.
 
-    Ports (``want_ports``): a socket whose local port some listener of the namespace has is
+    Ports (``wants.ports``): a socket whose local port some listener of the namespace has is
     a server-side socket, counted by (local port, state); any other is a client-side one,
     counted by (remote port, state). The kernel's dump walks the listening hash before the
     established one, so the listening ports are known before the first connection arrives.
@@ -190,10 +189,10 @@ class Decoder:
     them) until ``_finish``, so that the chunk path never converts one.
     """
 
-    def __init__(self, snap: DiagSnapshot, want_owners: bool = True, want_ports: bool = False):
+    def __init__(self, snap: DiagSnapshot, wants: DumpWants = DumpWants()):
         self.snap = snap
-        self.want_owners = want_owners
-        self.want_ports = want_ports
+        self.want_owners = wants.owners
+        self.want_ports = wants.ports
         self.done = False
         self._per_state = [0] * 32        # state, +16 for IPv6
         self._unaccepted = Counter()      # (raw family .. source address, state) -> sockets

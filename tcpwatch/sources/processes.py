@@ -12,21 +12,21 @@ import os
 
 import psutil
 
-from ..model import OwnerScan
+from ..model import SocketOwners
 
-__all__ = ["OwnerScan", "scan"]
+__all__ = ["SocketOwners", "walk_owners"]
 
 _SOCKET_PREFIX = "socket:["
 
 
-def scan(wanted_inodes, proc_root: str = "/proc") -> OwnerScan:
+def walk_owners(wanted_inodes, proc_root: str = "/proc") -> SocketOwners:
     """Map each inode in ``wanted_inodes`` (None: every socket) to the comm of the lowest
     pid holding it.
 
     A process that exits mid-walk is skipped silently (its sockets go with it); one whose fds
     cannot be read for lack of privilege is counted in ``unreadable``.
     """
-    result = OwnerScan()
+    result = SocketOwners()
     owners = result.owners
     readlink = os.readlink
     for pid in sorted(psutil.pids()):

@@ -2,9 +2,11 @@
 
 Glue between the sources (``sources/netns.py`` finds and enters namespaces,
 ``sources/runtime.py`` names containers, ``sources/inet_diag.py`` dumps) and the pure
-naming rules of ``namespaces.py``. Degrades instead of failing: without CAP_SYS_ADMIN only
-tcpwatch's own namespace is read (one warning; ``tcpwatch_netns_unreadable`` counts the
-rest), and a namespace that vanishes mid-scrape is counted and skipped.
+naming rules of ``namespaces.py``. Two steps, each its own source in the scrape's snapshot:
+``discover`` (the ``netns`` collector's time) and ``dump_all`` (``inet_diag``'s). Degrades
+instead of failing: without CAP_SYS_ADMIN only tcpwatch's own namespace is read (one
+warning; ``tcpwatch_netns_unreadable`` counts the rest), and a namespace that vanishes
+mid-scrape is counted and skipped.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections import Counter
+from dataclasses import dataclass
 
 from . import namespaces
-from .model import DiagSnapshot, NetnsDump, NetnsInfo, NetnsScan
+from .model import DumpWants, NamespaceDumps, NetnsDump, NetnsInfo
 from .sources import inet_diag, netns, runtime
 
 log = logging.getLogger(__name__)
@@ -26,9 +28,21 @@ log = logging.getLogger(__name__)
 PARALLEL_DUMPS = 4
 
 
-class NamespaceScanner:
-    def __init__(self, all_namespaces: bool = True, proc_root: str = "/proc",
+@dataclass
+class Discovered:
+    """Every namespace found now, named, and which of them this scrape dumps."""
+
+    infos: dict       # inode -> NetnsInfo, every namespace found
+    targets: dict     # inode -> netns.NetnsRef, the namespaces to dump
+    own_inode: int    # tcpwatch's own namespace
+
+
+class NamespaceDumper:
+    """Finds, names and dumps network namespaces. ``wants`` is fixed at start-up."""
+
+    def __init__(self, wants: DumpWants = DumpWants(), all_namespaces: bool = True, proc_root: str = "/proc",
                  named_dir: str = netns.NAMED_NETNS_DIR, runtimes=None):
+        self._wants = wants
         self._all = all_namespaces
         self._proc_root = proc_root
         self._named_dir = named_dir
@@ -49,34 +63,30 @@ class NamespaceScanner:
 
     def names(self) -> dict:
         """{inode: NetnsInfo} of every namespace found now, without reading any of them."""
-        self._pid_containers = {}
-        self._runtimes.forget_unasked()
-        return self._discover()[1]
+        return self.discover().infos
 
-    def _discover(self):
+    def discover(self) -> Discovered:
+        """Every namespace on the host, named (every one is named: the eBPF program's counters
+        of all of them need labels); with --no-collector.netns only tcpwatch's own is dumped."""
+        self._pid_containers = {}
+        self._runtimes.forget_unasked()   # containers nobody asked about last scrape are gone
         found = netns.discover(self._proc_root, self._named_dir)
         if not self._all:   # --no-collector.netns: tcpwatch's own namespace is the "host"
             found.host_inode = found.own_inode
         infos = [namespaces.name_one(ref.inode, found.host_inode,
                                      [self.container_of(pid) for pid in ref.pids], ref.bind_names)
                  for ref in found.namespaces.values()]
-        return found, namespaces.unique(infos)
+        targets = found.namespaces if self._all else {
+            found.own_inode: found.namespaces.get(found.own_inode, netns.NetnsRef(found.own_inode))}
+        return Discovered(namespaces.unique(infos), targets, found.own_inode)
 
-    def scan(self, want_owners: bool, want_ports: bool = False) -> NetnsScan:
-        started = time.perf_counter()
-        self._pid_containers = {}
-        self._runtimes.forget_unasked()   # containers nobody asked about last scrape are gone
-        found, infos = self._discover()
-        result = NetnsScan(infos=infos)
-        named = time.perf_counter()
+    def dump_all(self, discovered: Discovered) -> NamespaceDumps:
+        """One inet_diag dump (and the kernel's counter files) of every target namespace."""
+        result = NamespaceDumps(infos=discovered.infos)
         # Handles first, in this thread (setns happens here, once per new namespace), then
         # the dumps in parallel: each dump's kernel walk runs inside recv(), without the GIL.
         opened = []
-        # Every namespace is named (the eBPF program's counters of all of them need labels);
-        # with --no-collector.netns only tcpwatch's own is read.
-        targets = found.namespaces if self._all else {
-            found.own_inode: found.namespaces.get(found.own_inode, netns.NetnsRef(found.own_inode))}
-        for inode, ref in sorted(targets.items(), key=lambda item: item[1].pids[:1] or [1 << 31]):
+        for inode, ref in sorted(discovered.targets.items(), key=lambda item: item[1].pids[:1] or [1 << 31]):
             handles = self._handles_of(ref, result.infos[inode], result.failures)
             if handles is None:
                 result.unreadable += 1
@@ -84,7 +94,7 @@ class NamespaceScanner:
                 opened.append((ref, result.infos[inode], handles))
 
         def read(item):
-            return self._dump_one(*item, want_owners, want_ports, result.failures)
+            return self._dump_one(*item, result.failures)
 
         if len(opened) > 1 and self._parallel > 1:
             dumped = list(self._pool().map(read, opened))
@@ -95,11 +105,10 @@ class NamespaceScanner:
                 result.unreadable += 1
             else:
                 result.dumps.append(item)
-        self._reader.retire(set(targets))
+        self._reader.retire(set(discovered.targets))
         runtime_errors = self._runtimes.take_errors()
         if runtime_errors:
             result.failures["runtime_state"] += runtime_errors
-        result.seconds = {"netns": named - started, "inet_diag": time.perf_counter() - named}
         return result
 
     def _pool(self):
@@ -126,9 +135,9 @@ class NamespaceScanner:
             log.error("cannot open a network namespace", extra={"netns": info.name, "error": str(exc)})
         return None
 
-    def _dump_one(self, ref, info: NetnsInfo, handles, want_owners: bool, want_ports: bool, failures: Counter):
+    def _dump_one(self, ref, info: NetnsInfo, handles, failures: Counter):
         try:
-            snap = inet_diag.dump(want_owners, handles.diag, ref.inode, want_ports)
+            snap = inet_diag.dump(self._wants, handles.diag, ref.inode)
         except OSError as exc:
             with self._failure_lock:
                 self._reader.drop(ref.inode)
@@ -152,13 +161,3 @@ class NamespaceScanner:
             self._executor.shutdown(wait=True)
         self._reader.close()
 
-
-def single_namespace(dump, ephemeral_ports=None, name: str = namespaces.HOST):
-    """A scan function over one namespace from a plain dump function: for ``snapshot`` of
-    the namespace tcpwatch runs in, and for tests with hand-built snapshots."""
-    def scan(want_owners: bool, want_ports: bool = False) -> NetnsScan:
-        snap: DiagSnapshot = dump(want_owners, want_ports=want_ports)
-        info = NetnsInfo(snap.netns_inode, name, "host")
-        ports = ephemeral_ports() if ephemeral_ports is not None else -1
-        return NetnsScan(dumps=[NetnsDump(info, snap, {}, ports)], infos={info.inode: info})
-    return scan

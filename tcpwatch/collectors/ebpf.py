@@ -1,0 +1,103 @@
+"""tcpwatch_state_transitions_total, tcpwatch_state_duration_seconds and the rest of what
+the eBPF program counts in the kernel (sources/bpf.py), per network namespace."""
+
+from __future__ import annotations
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
+
+from .. import histograms, namespaces, states
+from ..snapshot import EBPF
+from . import Collector, register
+
+
+@register
+class EbpfCollector(Collector):
+    name = "ebpf"
+    owns = (EBPF,)
+    needs = (EBPF,)
+
+    @classmethod
+    def enabled(cls, settings, ebpf_loaded: bool) -> bool:
+        return ebpf_loaded
+
+    def collect(self, snapshot) -> list:
+        reading = snapshot.reading
+        transitions, duration, retransmits, resets = _per_namespace(snapshot.groups)
+        attach, tracked, untracked = _program_wide(reading)
+        return [transitions, duration, untracked, retransmits, resets, attach, tracked]
+
+
+def _program_wide(reading) -> tuple:
+    """How the program is attached and what it could not count."""
+    attach = GaugeMetricFamily(
+        "tcpwatch_ebpf_attach_info",
+        "Always 1: how the eBPF program is attached. mode: tp_btf (BTF-typed raw tracepoints) "
+        "or tracepoint (the classic ones, the fallback). reason: requested "
+        "(--collector.bpf.attach), btf (auto, the kernel has BTF), no_btf (auto, no usable "
+        "BTF), tp_btf_refused (auto, the kernel refused tp_btf; the log says why).",
+        labels=["mode", "reason"])
+    attach.add_metric([reading.attach_mode, reading.attach_reason], 1.0)
+    tracked = GaugeMetricFamily(
+        "tcpwatch_ebpf_netns_tracked",
+        "Network namespaces the eBPF program keeps counters for "
+        "(at most --collector.bpf.max-netns - 1; the rest count under netns_full).")
+    tracked.add_metric([], reading.counters.get("netns_tracked", 0))
+    untracked = CounterMetricFamily(
+        "tcpwatch_ebpf_untracked_total",
+        "Events the eBPF program could not time. unknown_socket: a socket left a state it "
+        "entered before tcpwatch attached, or whose entry the full LRU map evicted "
+        "(--collector.bpf.max-sockets). slot_taken: tp_btf, a new socket whose row in the "
+        "socket table (indexed by socket cookie) a live socket held; it is not timed. "
+        "netns_full: events of a network namespace that found every namespace slot taken "
+        "(--collector.bpf.max-netns); they are counted under netns=\"other\".",
+        labels=["reason"])
+    for reason in ("unknown_socket", "slot_taken", "netns_full"):
+        untracked.add_metric([reason], reading.counters.get(reason, 0))
+    return attach, tracked, untracked
+
+
+def _per_namespace(groups) -> tuple:
+    """Transitions, time in state, retransmits and resets of every netns label that had
+    activity (host always)."""
+    transitions = CounterMetricFamily(
+        "tcpwatch_state_transitions_total",
+        "TCP state changes of full sockets seen by the eBPF program (sock:inet_sock_set_state) "
+        "per network namespace, since tcpwatch started or the namespace appeared. Timewait "
+        "sockets are not full sockets: entering TIME_WAIT shows as fin_wait2 -> close (or "
+        "closing -> close).",
+        labels=["netns", "from", "to"])
+    duration = HistogramMetricFamily(
+        "tcpwatch_state_duration_seconds",
+        "Time sockets spent in a state, observed when they leave it, per network namespace "
+        "(a socket still in the state is not counted: see tcpwatch_state_oldest_age_seconds). "
+        "time_wait: life of timewait sockets, from creation to expiry or early reuse. Only "
+        "states a namespace has seen are exported, but for host.",
+        labels=["netns", "state"])
+    retransmits = CounterMetricFamily(
+        "tcpwatch_retransmits_total", "TCP segments retransmitted (tcp:tcp_retransmit_skb).",
+        labels=["netns"])
+    resets = CounterMetricFamily(
+        "tcpwatch_resets_total",
+        "TCP resets sent (tcp:tcp_send_reset) and received (tcp:tcp_receive_reset).",
+        labels=["netns", "direction"])
+    for label, group in sorted(groups.by_label.items()):
+        if not group.has_activity and label != namespaces.HOST:
+            continue
+        total = group.activity
+        pairs = set(states.KNOWN_TRANSITIONS) | set(total.transitions)
+        for old, new in sorted(pairs):
+            transitions.add_metric([label, states.name(old), states.name(new)],
+                                   total.transitions.get((old, new), 0))
+        for state in states.TIMED:
+            slots = total.duration_slots.get(state)
+            if not any(slots or ()) and label != namespaces.HOST:
+                continue
+            slots = slots or []
+            buckets = [(floatToGoString(le), count) for le, count in histograms.cumulative_buckets(slots)]
+            duration.add_metric([label, states.name(state)], buckets,
+                                total.duration_sum_ns.get(state, 0) / 1e9)
+        retransmits.add_metric([label], total.counters.get("retransmits", 0))
+        resets.add_metric([label, "sent"], total.counters.get("resets_sent", 0))
+        resets.add_metric([label, "received"], total.counters.get("resets_received", 0))
+    return transitions, duration, retransmits, resets

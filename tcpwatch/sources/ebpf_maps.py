@@ -1,0 +1,238 @@
+"""Reading and writing the loaded program's maps, at scrape time only.
+
+Per-CPU values are summed here; nothing is read per event. The per-namespace statistics are
+looked up with raw bpf(2) calls, the tp_btf socket table is mapped read-only, and the
+socket-owner iterator is read in one pass. Pure helpers (the decoding of a namespace's
+words, the rule that releases a gone namespace's slot) are tested without a kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import socket
+import struct
+
+from .. import histograms, states
+from ..model import BpfReading, NetnsActivity, SocketOwners
+from . import ebpf_syscall as sys_bpf
+
+NSTATES = 16
+HIST_SLOTS = histograms.SLOTS
+COUNTERS = ("unknown_socket", "netns_full", "slot_taken")
+NETNS_COUNTERS = ("retransmits", "resets_sent", "resets_received")
+# struct netns_stats of tcpstates.c, as u64 words.
+STATS_WORDS = NSTATES * NSTATES + NSTATES * HIST_SLOTS + NSTATES + len(NETNS_COUNTERS)
+# struct entered of tcpstates.c in tp_btf mode: cookie, state, namespace slot, entry ns.
+SOCKET_ROW = struct.Struct("<QIIQ")
+SOCKET_OWNER = struct.Struct("=IIQ16s")   # struct socket_owner: tgid, pad, inode, comm
+
+
+class _Tuple(ctypes.Structure):
+    """struct tuple of tcpstates.c."""
+
+    _fields_ = [("family", ctypes.c_uint16), ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16),
+                ("pad", ctypes.c_uint16), ("netns", ctypes.c_uint32), ("pad2", ctypes.c_uint32),
+                ("saddr", ctypes.c_uint8 * 16), ("daddr", ctypes.c_uint8 * 16)]
+
+
+class TraceEvent(ctypes.Structure):
+    """struct event of tcpstates.c (EMIT_EVENTS only)."""
+
+    _fields_ = [("ts_ns", ctypes.c_uint64), ("dwell_ns", ctypes.c_uint64), ("cookie", ctypes.c_uint64),
+                ("tuple", _Tuple), ("oldstate", ctypes.c_uint32), ("newstate", ctypes.c_uint32),
+                ("pid", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("comm", ctypes.c_char * 16)]
+
+
+def tuple_key(netns: int, family: int, sport: int, dport: int, saddr: bytes, daddr: bytes) -> tuple:
+    """The tracepoint-mode join key between the CLOSE_WAIT map and inet_diag's sockets."""
+    return (netns, family, sport, dport, bytes(saddr), bytes(daddr))
+
+
+def decode_activity(words: list) -> NetnsActivity:
+    """A NetnsActivity from the u64 words of one struct netns_stats: transitions[from][to],
+    then a histogram of slots per state, the ns spent per state, then NETNS_COUNTERS."""
+    activity = NetnsActivity()
+    for index, count in enumerate(words[:NSTATES * NSTATES]):
+        if count:
+            activity.transitions[divmod(index, NSTATES)] = count
+    at = NSTATES * NSTATES
+    for state in range(NSTATES):
+        row = words[at + state * HIST_SLOTS:at + (state + 1) * HIST_SLOTS]
+        if any(row):
+            activity.duration_slots[state] = row
+    at += NSTATES * HIST_SLOTS
+    for state, total in enumerate(words[at:at + NSTATES]):
+        if total:
+            activity.duration_sum_ns[state] = total
+    at += NSTATES
+    activity.counters.update({name: count for name, count in zip(NETNS_COUNTERS, words[at:]) if count})
+    return activity
+
+
+class StaleSlots:
+    """The two-strike rule for giving back a namespace's slot.
+
+    A slot is released when its namespace was not found on the host at two calls in a row
+    and its counters did not move between them: a namespace tcpwatch cannot see (an
+    unreadable /proc entry) but that still has traffic keeps its slot.
+    """
+
+    def __init__(self):
+        self._suspects = {}   # slot -> (inode, counter words) when last found missing
+
+    def to_release(self, slots: dict, live_inodes, words_of) -> list:
+        """Slots to release now. ``slots``: {slot: inode}; ``words_of(slot)``: its counters."""
+        previous, suspects, release = self._suspects, {}, []
+        for slot, inode in slots.items():
+            if inode in live_inodes:
+                continue
+            seen = (inode, words_of(slot))
+            if previous.get(slot) == seen:
+                release.append(slot)
+            else:
+                suspects[slot] = seen
+        self._suspects = suspects
+        return release
+
+
+class ProgramMaps:
+    """The maps of a LoadedProgram (ebpf_load.py), read and written by fd."""
+
+    def __init__(self, loaded, attach_mode: str, socket_slots: int, max_netns: int):
+        module = loaded.bpf
+        self._free = module[b"free_slots"]
+        for slot in range(1, max_netns):
+            self._free.push(ctypes.c_uint32(slot))
+        self._attach = loaded.attach
+        self._owner_link = loaded.owner_link
+        self._stats_fd = module[b"netns_stats"].map_fd
+        self._last_fd = module[b"netns_last"].map_fd
+        self._slots = module[b"netns_slots"]
+        self._counters = module[b"counters"]
+        self._stale = StaleSlots()
+        self._ncpus = sys_bpf.possible_cpus()
+        self._socket_table, self._close_wait = None, None
+        if attach_mode == "tp_btf":   # the socket table, mapped read-only
+            self._socket_table = mmap.mmap(module[b"socket_table"].map_fd, socket_slots * SOCKET_ROW.size,
+                                           mmap.MAP_SHARED, mmap.PROT_READ)
+        else:
+            self._close_wait = module[b"close_wait_entered"]
+
+    def close(self) -> None:
+        if self._socket_table is not None:
+            self._socket_table.close()
+            self._socket_table = None
+
+    def read(self) -> BpfReading:
+        reading = BpfReading(attach_mode=self._attach.mode, attach_reason=self._attach.reason,
+                             close_wait_by_cookie=self._socket_table is not None)
+        slots = self._slot_inodes()
+        for slot, inode in slots.items():
+            words = self._sum_stats(slot)
+            if any(words):
+                reading.netns[inode] = decode_activity(words)
+        reading.counters = dict(zip(COUNTERS, _sum_per_cpu(self._counters, len(COUNTERS))))
+        reading.counters["netns_tracked"] = len(slots) - 1
+        reading.close_wait_entered_ns = self._close_wait_entries()
+        return reading
+
+    def _slot_inodes(self) -> dict:
+        """{slot: netns inode}; slot 0 is the unknown namespace, inode 0."""
+        slots = {0: 0}
+        slots.update((slot.value, inode.value) for inode, slot in self._slots.items())
+        return slots
+
+    def _close_wait_entries(self) -> dict:
+        if self._socket_table is not None:
+            return self._close_wait_rows()
+        entered = {}
+        for key, value in self._close_wait.items():
+            length = 4 if key.family == socket.AF_INET else 16
+            entered[tuple_key(key.netns, key.family, key.sport, key.dport, bytes(key.saddr)[:length],
+                              bytes(key.daddr)[:length])] = value.ns
+        return entered
+
+    def _close_wait_rows(self) -> dict:
+        """{cookie: entry ns} of the rows of socket_table in CLOSE_WAIT. The states are picked
+        out of the mapped table with one strided slice (C speed), then those rows unpacked."""
+        table = self._socket_table
+        words = memoryview(table).cast("I")
+        row_states = words[2::SOCKET_ROW.size // 4].tolist()
+        words.release()
+        entered = {}
+        for row in (i for i, state in enumerate(row_states) if state == states.CLOSE_WAIT):
+            cookie, state, _slot, ns = SOCKET_ROW.unpack_from(table, row * SOCKET_ROW.size)
+            if cookie and state == states.CLOSE_WAIT:   # re-checked: the row may have changed since
+                entered[cookie] = ns
+        return entered
+
+    def _sum_stats(self, slot: int) -> list:
+        """One namespace slot of netns_stats, summed over CPUs, as u64 words."""
+        buffer = (ctypes.c_uint64 * (STATS_WORDS * self._ncpus))()
+        try:
+            sys_bpf.map_lookup(self._stats_fd, ctypes.c_uint32(slot), buffer)
+        except sys_bpf.BpfCallFailed as exc:
+            raise OSError(exc.errno, f"cannot read netns_stats[{slot}]: {exc.strerror}") from None
+        return [sum(buffer[i::STATS_WORDS]) for i in range(STATS_WORDS)]
+
+    def release_stale_netns(self, live_inodes) -> int:
+        """Give back the slots of namespaces that are gone (StaleSlots' rule), for new ones to
+        take. Returns the number of slots released."""
+        slots = {slot: inode for slot, inode in self._slot_inodes().items() if slot}
+        release = self._stale.to_release(slots, live_inodes, self._sum_stats)
+        for slot in release:
+            # Order matters: unmap the inode first, so no new event resolves to the slot;
+            # then forget it in every CPU's cache, zero its counters, and free it.
+            self._slots.__delitem__(self._slots.Key(slots[slot]))
+            sys_bpf.map_update(self._last_fd, ctypes.c_uint32(0), (ctypes.c_uint64 * self._ncpus)())
+            sys_bpf.map_update(self._stats_fd, ctypes.c_uint32(slot),
+                               (ctypes.c_uint64 * (STATS_WORDS * self._ncpus))())
+            self._free.push(ctypes.c_uint32(slot))
+        return len(release)
+
+    @property
+    def has_owner_iterator(self) -> bool:
+        return self._owner_link is not None
+
+    def socket_owners(self, wanted_inodes=None) -> SocketOwners:
+        """Every socket fd of every process, from one pass of the task_file iterator: the
+        same SocketOwners as the /proc walk (a socket shared by processes goes to the lowest
+        pid), at a fraction of the cost. OSError when the kernel refuses the read."""
+        try:
+            fd = sys_bpf.iter_create(self._owner_link)
+        except sys_bpf.BpfCallFailed as exc:
+            raise OSError(exc.errno, f"cannot start the socket-owner iterator: {exc.strerror}") from None
+        chunks = []
+        try:
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return _owners_of(b"".join(chunks), wanted_inodes)
+
+
+def _owners_of(records: bytes, wanted_inodes) -> SocketOwners:
+    result = SocketOwners()
+    owners, pids, names = result.owners, result.pids, {}
+    for tgid, _pad, inode, comm in SOCKET_OWNER.iter_unpack(records):
+        if inode in owners or (wanted_inodes is not None and inode not in wanted_inodes):
+            continue
+        name = names.get(comm)
+        if name is None:
+            name = names[comm] = comm.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+        owners[inode] = name
+        pids[inode] = tgid
+    return result
+
+
+def _sum_per_cpu(table, size: int) -> list:
+    """Per-CPU array values summed over CPUs, in key order."""
+    values = [0] * size
+    for key, per_cpu in table.items():
+        values[key.value] = sum(per_cpu)
+    return values
