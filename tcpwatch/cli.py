@@ -45,8 +45,6 @@ def run(settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)   # until there is something to reload
-    from prometheus_client.process_collector import ProcessCollector
-
     from . import logs, server, systemd, webconfig
 
     logs.configure(settings.log_level, settings.log_format)
@@ -64,9 +62,7 @@ def run(settings) -> int:
         # collectors are set up (compiling the eBPF program takes seconds).
         server.serve_in_background(http)
         program = _load_ebpf(settings)
-        registry, api = _registry(settings, program, http.stats)
-        registry.register(ProcessCollector(registry=None))
-        server.set_registry(http, registry, api)
+        server.set_registry(http, *_registry(settings, program, http.stats))
         address = server.bound_address(http)
         log.info("listening", extra={"address": address, "path": settings.telemetry_path,
                                      "version": __version__, "ebpf": program is not None,
@@ -75,14 +71,7 @@ def run(settings) -> int:
                                      "ebpf_attach": program.attach.mode if program else "none"})
         notifier = systemd.Notifier()
         notifier.ready(f"serving on {address}, ebpf {'on' if program else 'off'}")
-        next_ping = 0.0
-        while not stop.wait(0.2):
-            # The watchdog is fed only while the HTTP accept loop keeps turning: a wedged
-            # server stops the pings, and systemd restarts us.
-            if notifier.watchdog_interval and time.monotonic() >= next_ping:
-                if server.responsive(http, within=max(1.0, notifier.watchdog_interval)):
-                    notifier.watchdog()
-                next_ping = time.monotonic() + notifier.watchdog_interval
+        _serve_until(stop, http, notifier)
         log.info("stopping")
         notifier.stopping()
     finally:
@@ -91,6 +80,19 @@ def run(settings) -> int:
         if program is not None:
             program.close()   # bcc's atexit cleanup does not run when a signal ends us
     return 0
+
+
+def _serve_until(stop, http, notifier) -> None:
+    """Wait for SIGTERM or SIGINT. The watchdog is fed only while the HTTP accept loop keeps
+    turning: a wedged server stops the pings, and systemd restarts us."""
+    from . import server
+
+    next_ping = 0.0
+    while not stop.wait(0.2):
+        if notifier.watchdog_interval and time.monotonic() >= next_ping:
+            if server.responsive(http, within=max(1.0, notifier.watchdog_interval)):
+                notifier.watchdog()
+            next_ping = time.monotonic() + notifier.watchdog_interval
 
 
 def _reload_web_config(settings, http) -> None:
@@ -128,8 +130,10 @@ def _load_ebpf(settings):
 
 
 def _registry(settings, program, http_stats):
-    """The registry of /metrics (the Exporter, tcpwatch's own server) and the state API."""
+    """The registry of /metrics (the Exporter, the process's own metrics, tcpwatch's own
+    server, in that order) and the state API."""
     from prometheus_client import CollectorRegistry
+    from prometheus_client.process_collector import ProcessCollector
 
     from .collectors import CollectorSettings
     from .collectors.http_server import ServerCollector
@@ -151,6 +155,7 @@ def _registry(settings, program, http_stats):
     exporter.observers.append(api.observe)
     registry = CollectorRegistry()
     registry.register(exporter)
+    registry.register(ProcessCollector(registry=None))
     registry.register(ServerCollector(http_stats))
     return registry, api
 

@@ -7,129 +7,13 @@ prints it as a single line and exits 2 before anything starts.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 from dataclasses import dataclass
 
 from . import __version__
-from .sources import ebpf_plan
-
-DEFAULT_PORT = 9787
-DEFAULT_LISTEN_ADDRESS = f":{DEFAULT_PORT}"
-LOG_LEVELS = ("debug", "info", "warn", "error")
-LOG_FORMATS = ("logfmt", "json")
-EBPF_MODES = ("auto", "on", "off")
-BTF_PATH = "/sys/kernel/btf/vmlinux"
-
-
-class ConfigError(Exception):
-    """Bad input from flags or the config file."""
-
-
-@dataclass(frozen=True)
-class ListenAddress:
-    host: str   # "" means every address
-    port: int
-
-    def __str__(self):
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def _digits(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses."""
-    return text.isascii() and text.isdigit()
-
-
-def parse_listen_address(text: str) -> ListenAddress:
-    """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (every address), as Prometheus exporters take it."""
-    if not isinstance(text, str) or ":" not in text:
-        raise ConfigError(f"invalid --web.listen-address {text!r}: want HOST:PORT, [IPV6]:PORT or :PORT")
-    host, _, port_text = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ConfigError(f"invalid --web.listen-address {text!r}: {host!r} is not an IPv6 address") from None
-    elif ":" in host:
-        raise ConfigError(f"invalid --web.listen-address {text!r}: put an IPv6 address in brackets, [::1]:PORT")
-    if not _digits(port_text) or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(f"invalid --web.listen-address {text!r}: port must be a number from 0 to 65535")
-    return ListenAddress(host, int(port_text))
-
-
-def _non_negative(text) -> int:
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if isinstance(text, bool) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
-
-
-def _ebpf_mode(text) -> str:
-    if isinstance(text, bool):   # YAML 1.1 reads a bare on/off as a boolean
-        text = "on" if text else "off"
-    if text not in EBPF_MODES:
-        raise argparse.ArgumentTypeError(f"{text!r} must be one of {', '.join(EBPF_MODES)}")
-    return text
-
-
-def _attach_mode(text) -> str:
-    try:
-        ebpf_plan.check_attach(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _within(limits):
-    """A converter: a whole number within ``limits``, checked by ebpf_plan (the one place)."""
-    def convert(text) -> int:
-        try:
-            ebpf_plan.check_range(_non_negative(text), limits)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        return int(text)
-    return convert
-
-
-_max_netns = _within(ebpf_plan.MAX_NETNS_RANGE)
-_max_sockets = _within(ebpf_plan.MAX_SOCKETS_RANGE)
-
-
-def parse_port_range(text):
-    """``LO-HI`` (or one port) as a (lo, hi) pair; "" or None means every port."""
-    if text in (None, ""):
-        return None
-    if not isinstance(text, str):
-        text = str(text)
-    lo, _, hi = text.partition("-")
-    hi = hi or lo
-    if not (_digits(lo) and _digits(hi)) or not 0 < int(lo) <= int(hi) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a port range LO-HI within 1-65535")
-    return (int(lo), int(hi))
-
-
-def parse_port_list(text) -> frozenset:
-    """``5432,6379`` (or a YAML list of ports) as a set of ports; "" is none."""
-    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
-    ports = set()
-    for item in items:
-        item = str(item).strip()
-        if item == "":
-            continue
-        if not _digits(item) or not 0 < int(item) <= 65535:
-            raise argparse.ArgumentTypeError(f"{item!r} is not a port (1-65535); want a list like 5432,6379")
-        ports.add(int(item))
-    return frozenset(ports)
-
-
-def _telemetry_path(text) -> str:
-    if not isinstance(text, str) or not text.startswith("/") or any(c.isspace() for c in text):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a path starting with / and without spaces")
-    return text
+from .flag_values import (BTF_PATH, DEFAULT_LISTEN_ADDRESS, DEFAULT_PORT, LOG_FORMATS, LOG_LEVELS,  # noqa: F401
+                          ConfigError, ListenAddress, attach_mode, ebpf_mode, max_netns, max_sockets,
+                          non_negative, parse_listen_address, parse_port_list, parse_port_range, port_number,
+                          seconds, state_name, telemetry_path)
 
 
 @dataclass(frozen=True)
@@ -158,31 +42,6 @@ class RunSettings:
     port_include: frozenset
 
 
-def _port(text) -> int:
-    if not _digits(str(text)) or not 0 < int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
-    return int(text)
-
-
-def _state_name(text) -> str:
-    from .states import BY_NAME
-
-    name = str(text).lower().replace("-", "_")
-    if name not in BY_NAME:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP state (e.g. close_wait, syn_sent)")
-    return name
-
-
-def _seconds(text) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise ConfigError(message)
@@ -192,38 +51,38 @@ class _Parser(argparse.ArgumentParser):
 _RUN_OPTIONS = (
     ("--web.listen-address", "listen_address", str, DEFAULT_LISTEN_ADDRESS,
      "address to serve metrics on: HOST:PORT, [IPV6]:PORT or :PORT for every address"),
-    ("--web.telemetry-path", "telemetry_path", _telemetry_path, "/metrics", "path of the metrics page"),
+    ("--web.telemetry-path", "telemetry_path", telemetry_path, "/metrics", "path of the metrics page"),
     ("--web.config.file", "web_config_file", str, None,
      "YAML file with TLS and basic auth settings (the Prometheus exporters' web configuration)"),
     ("--log.level", "log_level", str, "info", "one of " + ", ".join(LOG_LEVELS)),
     ("--log.format", "log_format", str, "logfmt", "one of " + ", ".join(LOG_FORMATS)),
-    ("--collector.process.max-series", "process_max_series", _non_negative, 20,
+    ("--collector.process.max-series", "process_max_series", non_negative, 20,
      "process names exported before the rest are summed under process=\"other\""),
-    ("--collector.listen.max-ports", "listen_max_ports", _non_negative, 64,
+    ("--collector.listen.max-ports", "listen_max_ports", non_negative, 64,
      "listening ports exported per network namespace before the rest are summed under port=\"other\""),
-    ("--collector.netns.max-series", "netns_max_series", _non_negative, 128,
+    ("--collector.netns.max-series", "netns_max_series", non_negative, 128,
      "network namespaces exported by name (those with the most sockets; host always) before "
      "the rest are summed under netns=\"other\""),
     ("--collector.netns.containerd-state", "containerd_state", str, "/run/containerd",
      "containerd's state directory (k3s: /run/k3s/containerd), read for pod and container names"),
-    ("--collector.port.server-max-ports", "port_server_max", _non_negative, 10,
+    ("--collector.port.server-max-ports", "port_server_max", non_negative, 10,
      "local ports listened on exported per network namespace in tcpwatch_port_sockets "
      "(those with the most connections) before the rest are summed under port=\"other\""),
-    ("--collector.port.client-max-ports", "port_client_max", _non_negative, 10,
+    ("--collector.port.client-max-ports", "port_client_max", non_negative, 10,
      "remote ports (upstream services) exported per network namespace in "
      "tcpwatch_port_sockets before the rest are summed under port=\"other\""),
     ("--collector.port.include", "port_include", parse_port_list, frozenset(),
      "ports always exported on both sides, beside the top ones: a comma-separated list, e.g. 5432,6379"),
-    ("--ebpf", "ebpf", _ebpf_mode, "auto",
+    ("--ebpf", "ebpf", ebpf_mode, "auto",
      "auto: use eBPF when it loads, else warn and go on without; on: exit 2 if it cannot load; off"),
-    ("--collector.bpf.max-sockets", "bpf_max_sockets", _max_sockets, 65536,
+    ("--collector.bpf.max-sockets", "bpf_max_sockets", max_sockets, 65536,
      "sockets the eBPF program times at once (LRU maps; evictions are counted)"),
     ("--collector.bpf.ports", "bpf_ports", parse_port_range, None,
      "time only connections with a local or remote port in LO-HI (default: every port)"),
-    ("--collector.bpf.attach", "bpf_attach", _attach_mode, "auto",
+    ("--collector.bpf.attach", "bpf_attach", attach_mode, "auto",
      "auto: BTF-typed tracepoints (tp_btf) where the kernel has BTF, else the classic ones; "
      "tp_btf or tracepoint: that mode or exit 2"),
-    ("--collector.bpf.max-netns", "bpf_max_netns", _max_netns, 128,
+    ("--collector.bpf.max-netns", "bpf_max_netns", max_netns, 128,
      "network namespace slots the eBPF program keeps counters in (one is for the unknown; "
      "the kernel locks about 7 KB per slot per CPU)"),
     ("--collector.bpf.btf", "bpf_btf", str, BTF_PATH,
@@ -254,23 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
                          default=argparse.SUPPRESS, help=text)
     trace = commands.add_parser("trace", help="print TCP state changes live, one line each")
     trace.add_argument("--json", action="store_true", help="one JSON object per line")
-    trace.add_argument("--port", type=_port, help="only connections with this local or remote port")
-    trace.add_argument("--state", type=_state_name, help="only transitions from or to this state")
-    trace.add_argument("--duration", type=_seconds, help="stop after this many seconds")
+    trace.add_argument("--port", type=port_number, help="only connections with this local or remote port")
+    trace.add_argument("--state", type=state_name, help="only transitions from or to this state")
+    trace.add_argument("--duration", type=seconds, help="stop after this many seconds")
     trace.add_argument("--ladder", action="store_true",
                        help="draw each connection, once it is over, as a ladder: a column per end "
                        "on this host, a row per transition, TIME_WAIT to its end")
-    trace.add_argument("--ladder.timeout", dest="ladder_timeout", type=_seconds, default=90.0,
+    trace.add_argument("--ladder.timeout", dest="ladder_timeout", type=seconds, default=90.0,
                        help="draw a connection quiet this many seconds as far as it got (default 90: "
                        "longer than TIME_WAIT's 60 s)")
-    trace.add_argument("--attach", type=_attach_mode, default="auto",
+    trace.add_argument("--attach", type=attach_mode, default="auto",
                        help="how to attach: auto, tp_btf or tracepoint (as --collector.bpf.attach)")
     doctor = commands.add_parser("doctor", help="check what eBPF needs here and how to fix what is missing")
     doctor.add_argument("--collector.bpf.btf", dest="bpf_btf", default=BTF_PATH,
                         help="the kernel's BTF to check (as for tcpwatch run)")
     snap = commands.add_parser("snapshot", help="print one dump for a person")
     snap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    snap.add_argument("--top", type=_non_negative, default=10, help="rows in the owners and queues tables")
+    snap.add_argument("--top", type=non_negative, default=10, help="rows in the owners and queues tables")
     for sub in (snap, trace):
         sub.add_argument("--collector.netns.containerd-state", dest="containerd_state", default="/run/containerd",
                          help="containerd's state directory, for pod and container names (as for run)")

@@ -17,12 +17,7 @@ def _checks():
            f"running {release}; upgrade the kernel")
     yield ("running as root or with CAP_BPF and CAP_PERFMON", _has_bpf_privilege(),
            "run as root, or grant CAP_BPF, CAP_PERFMON (and CAP_SYS_RESOURCE on kernels before 5.11)")
-    try:
-        import bcc  # noqa: F401
-        importable = True
-    except ImportError:
-        importable = False
-    yield ("bcc Python bindings importable", importable,
+    yield ("bcc Python bindings importable", bpf.bcc_importable(),
            "apt-get install python3-bpfcc (Fedora/RHEL: python3-bcc); never pip install bcc")
     build = f"/lib/modules/{release}/build"
     yield (f"kernel headers at {build}",

@@ -1,6 +1,5 @@
-"""The HTTP endpoint: metrics on the telemetry path, the live state-machine page on / (its
-script and style under /static/, its data from /api/v1/state), health on /-/healthy and
-/-/ready, 404 elsewhere; optional TLS and basic auth (``webconfig``) on every path.
+"""The HTTP endpoint (what each path answers is http_routes.py's), with optional TLS and
+basic auth (``webconfig``) on every path.
 
 tcpwatch runs on every server, so its HTTP server must not become the problem it watches.
 Hostile or careless clients are bounded three ways:
@@ -25,10 +24,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs
 
 from .config import ListenAddress
-from .exposition import encoder_for
+from .http_routes import Routes
 
 log = logging.getLogger(__name__)
 
@@ -58,115 +56,63 @@ class HttpStats:
             getattr(self, counter)[key] += 1
 
 
-# The page and its two files, from the package (tcpwatch/web): no CDN, works offline.
-_STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
-           "/static/tcpwatch.js": ("tcpwatch.js", "text/javascript; charset=utf-8"),
-           "/static/tcpwatch.css": ("tcpwatch.css", "text/css; charset=utf-8")}
-# The page runs only its own script and talks only to this daemon; process names in the
-# data are set as text, never as markup.
-_PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-                                            "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
-                                            "form-action 'self'; frame-ancestors 'none'",
-                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-                 "Cache-Control": "no-cache"}
+class _Handler(BaseHTTPRequestHandler):
+    """One connection's request; ``routes`` and ``stats`` are set by ``_handler_class``."""
 
+    routes: Routes = None
+    stats: HttpStats = None
+    timeout = REQUEST_TIMEOUT_SECONDS
+    server_version = "tcpwatch"
+    sys_version = ""
 
-def _static_files(telemetry_path: str) -> dict:
-    from importlib import resources
+    def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(self.timeout)
+            self.request.do_handshake()
+        super().setup()
 
-    files = {}
-    for path, (name, content_type) in _STATIC.items():
-        body = resources.files("tcpwatch.web").joinpath(name).read_text(encoding="utf-8")
-        files[path] = (content_type, body.replace("{{TELEMETRY_PATH}}", telemetry_path).encode())
-    return files
+    def parse_request(self):
+        parsed = super().parse_request()               # reads the headers too
+        self.server.request_received(self.request)   # no longer idle: not evictable
+        return parsed
+
+    def do_GET(self):
+        status, content_type, body, headers = self.routes.answer(
+            self.path, self.headers.get("Authorization"), self.headers.get("Accept"))
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_response(self, code, message=None):
+        self.status = code                 # every answer, the errors http.server sends too
+        super().send_response(code, message)
+
+    def handle(self):
+        self.status = None
+        super().handle()                   # raises when the client went away
+        if self.status is not None:        # counted once written (one request per connection)
+            self.stats.count("responses", self.status)
+
+    def end_headers(self):
+        for name, value in self.routes.extra_headers().items():
+            self.send_header(name, value)
+        super().end_headers()
+
+    def log_error(self, fmt, *args):
+        if fmt.startswith("Request timed out"):   # http.server swallows this timeout itself
+            self.stats.count("dropped", "timeout")
+        super().log_error(fmt, *args)
+
+    def log_message(self, fmt, *args):
+        log.debug("http request", extra={"client": self.client_address[0], "request": fmt % args})
 
 
 def _handler_class(holder: dict, telemetry_path: str, stats: HttpStats):
-    static = _static_files(telemetry_path)
-
-    class Handler(BaseHTTPRequestHandler):
-        timeout = REQUEST_TIMEOUT_SECONDS
-        server_version = "tcpwatch"
-        sys_version = ""
-
-        def setup(self):
-            if isinstance(self.request, ssl.SSLSocket):
-                self.request.settimeout(self.timeout)
-                self.request.do_handshake()
-            super().setup()
-
-        def parse_request(self):
-            parsed = super().parse_request()               # reads the headers too
-            self.server.request_received(self.request)   # no longer idle: not evictable
-            return parsed
-
-        def do_GET(self):
-            web = holder.get("web")
-            if web is not None and not web.authorized(self.headers.get("Authorization")):
-                self._reply(401, "text/plain; charset=utf-8", b"unauthorized\n",
-                            {"WWW-Authenticate": 'Basic realm="tcpwatch", charset="UTF-8"'})
-                return
-            path, _, query = self.path.partition("?")
-            if path == telemetry_path:
-                registry = holder.get("registry")
-                if registry is None:
-                    self._reply(503, "text/plain; charset=utf-8", b"starting\n")
-                    return
-                encoder, content_type = encoder_for(self.headers.get("Accept"))
-                self._reply(200, content_type, encoder(registry))
-            elif path in static:
-                self._reply(200, *static[path], _PAGE_HEADERS)
-            elif path == "/api/v1/state":
-                api = holder.get("state_api")
-                if api is None:
-                    self._reply(503, "application/json", b'{"error": "starting"}\n')
-                    return
-                status, body = api.respond(parse_qs(query))
-                self._reply(status, "application/json", body, {"Cache-Control": "no-store",
-                                                               "X-Content-Type-Options": "nosniff"})
-            elif path == "/-/healthy":      # liveness: the HTTP loop answers
-                self._reply(200, "text/plain; charset=utf-8", b"ok\n")
-            elif path == "/-/ready":        # readiness: collectors set up, scrapes will answer
-                ready = holder.get("registry") is not None
-                self._reply(200 if ready else 503, "text/plain; charset=utf-8",
-                            b"ready\n" if ready else b"starting\n")
-            else:
-                self._reply(404, "text/plain; charset=utf-8", b"not found\n")
-
-        def send_response(self, code, message=None):
-            self.status = code                 # every answer, the errors http.server sends too
-            super().send_response(code, message)
-
-        def handle(self):
-            self.status = None
-            super().handle()                   # raises when the client went away
-            if self.status is not None:        # counted once written (one request per connection)
-                stats.count("responses", self.status)
-
-        def end_headers(self):
-            web = holder.get("web")
-            for name, value in (web.headers.items() if web is not None else ()):
-                self.send_header(name, value)
-            super().end_headers()
-
-        def _reply(self, status, content_type, body, headers=None):
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_error(self, fmt, *args):
-            if fmt.startswith("Request timed out"):   # http.server swallows this timeout itself
-                stats.count("dropped", "timeout")
-            super().log_error(fmt, *args)
-
-        def log_message(self, fmt, *args):
-            log.debug("http request", extra={"client": self.client_address[0], "request": fmt % args})
-
-    return Handler
+    return type("Handler", (_Handler,), {"routes": Routes(holder, telemetry_path), "stats": stats})
 
 
 @dataclass

@@ -186,47 +186,52 @@ def build(families, history: History, now: float, wall_time: float, netns: Optio
         "netns": {},
     }
     for name in order if netns is None else [netns]:
-        d = data[name]
         mine = current.get(name) or _empty()
         # A namespace missing from the older reading had no counts then (its counters start
         # at 0 when it appears).
         before = (base[1].get(name) or _empty()) if base is not None else None
-        transitions = []
-        for (old, new), total in sorted(mine["transitions"].items()):
-            rate = None
-            if window and before is not None:
-                rate = max(0.0, total - before["transitions"].get((old, new), 0.0)) / window
-            transitions.append({"from": old, "to": new, "total": int(total), "per_second": rate})
-        owners = [{"process": k[0], "container": k[1], "pod_namespace": k[2], "pod": k[3], "sockets": count,
-                   "oldest_age_seconds": d["ages"].get(k)}
-                  for k, count in d["owners"].items()]
-        owners.sort(key=lambda o: (-o["sockets"], -(o["oldest_age_seconds"] or 0), o["process"]))
-        queues = [{"port": port, "length": length, "limit": limit} for port, (length, limit) in d["queues"].items()]
-        queues.sort(key=lambda q: (-(q["length"] / q["limit"] if q["limit"] else q["length"]), -q["length"], q["port"]))
-        close_wait = d["states"].get("close_wait", 0)
-        time_wait = d["states"].get("time_wait", 0)
-        oldest_close_wait = max((a for a in d["ages"].values()), default=None)
-        ports_range = d["ephemeral_ports"]
-        document["netns"][name] = {
-            **{k: d["info"].get(k, "") for k in ("kind", "runtime", "pod_namespace", "pod")},
-            "states": d["states"],
-            "transitions": transitions,
-            "close_wait_owners": owners[:OWNERS_SHOWN],
-            "close_wait_oldest_age_seconds": oldest_close_wait,
-            "time_wait_oldest_age_seconds": d["time_wait_oldest"],
-            "listen_queues": queues[:LISTEN_QUEUES_SHOWN],
-            "handshakes": _handshakes(mine["durations"], before["durations"] if before else None, window),
-            "ports": {side: [{"port": p, "states": s} for p, s in sorted(
-                d["ports"][side].items(), key=lambda item: (-sum(item[1].values()), item[0]))]
-                for side in ports.SIDES},
-            "ephemeral_ports": ports_range,
-            "piling_up": {
-                "close_wait": close_wait >= CLOSE_WAIT_PILE or (
-                    close_wait > 0 and (oldest_close_wait or 0) >= CLOSE_WAIT_OLD_SECONDS),
-                "time_wait": bool(ports_range) and time_wait >= TIME_WAIT_PILE_SHARE * ports_range,
-            },
-        }
+        document["netns"][name] = _namespace(data[name], mine, before, window)
     return document
+
+
+def _namespace(d: dict, mine: dict, before, window) -> dict:
+    """One namespace's part of the document: ``d`` from the families, ``mine`` and ``before``
+    its counters now and at the start of the rate window (None without one)."""
+    transitions = []
+    for (old, new), total in sorted(mine["transitions"].items()):
+        rate = None
+        if window and before is not None:
+            rate = max(0.0, total - before["transitions"].get((old, new), 0.0)) / window
+        transitions.append({"from": old, "to": new, "total": int(total), "per_second": rate})
+    owners = [{"process": k[0], "container": k[1], "pod_namespace": k[2], "pod": k[3], "sockets": count,
+               "oldest_age_seconds": d["ages"].get(k)}
+              for k, count in d["owners"].items()]
+    owners.sort(key=lambda o: (-o["sockets"], -(o["oldest_age_seconds"] or 0), o["process"]))
+    queues = [{"port": port, "length": length, "limit": limit} for port, (length, limit) in d["queues"].items()]
+    queues.sort(key=lambda q: (-(q["length"] / q["limit"] if q["limit"] else q["length"]), -q["length"], q["port"]))
+    close_wait = d["states"].get("close_wait", 0)
+    time_wait = d["states"].get("time_wait", 0)
+    oldest_close_wait = max((a for a in d["ages"].values()), default=None)
+    ports_range = d["ephemeral_ports"]
+    return {
+        **{k: d["info"].get(k, "") for k in ("kind", "runtime", "pod_namespace", "pod")},
+        "states": d["states"],
+        "transitions": transitions,
+        "close_wait_owners": owners[:OWNERS_SHOWN],
+        "close_wait_oldest_age_seconds": oldest_close_wait,
+        "time_wait_oldest_age_seconds": d["time_wait_oldest"],
+        "listen_queues": queues[:LISTEN_QUEUES_SHOWN],
+        "handshakes": _handshakes(mine["durations"], before["durations"] if before else None, window),
+        "ports": {side: [{"port": p, "states": s} for p, s in sorted(
+            d["ports"][side].items(), key=lambda item: (-sum(item[1].values()), item[0]))]
+            for side in ports.SIDES},
+        "ephemeral_ports": ports_range,
+        "piling_up": {
+            "close_wait": close_wait >= CLOSE_WAIT_PILE or (
+                close_wait > 0 and (oldest_close_wait or 0) >= CLOSE_WAIT_OLD_SECONDS),
+            "time_wait": bool(ports_range) and time_wait >= TIME_WAIT_PILE_SHARE * ports_range,
+        },
+    }
 
 
 class StateApi:

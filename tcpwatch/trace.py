@@ -38,56 +38,15 @@ def trace(args) -> int:
     from .sources import runtime
 
     dumper = NamespaceDumper(runtimes=runtime.Runtimes(containerd_state=args.containerd_state))
-    names = {}
-    refreshed = [float("-inf")]
-
-    def netns_name(inode: int) -> str:
-        """The netns label (as in the metrics); discovery runs again, at most once a second,
-        when a namespace not seen yet shows up."""
-        if not inode:
-            return "unknown"
-        if inode not in names and time.monotonic() - refreshed[0] >= 1.0:
-            refreshed[0] = time.monotonic()
-            names.clear()
-            names.update((i, info.name) for i, info in dumper.names().items())
-        return names.get(inode, f"netns-{inode}")
-
+    netns_name = _NetnsNames(dumper)
     stopping = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.append(True))
     wall_offset = time.time() - time.monotonic()
-    wanted = states.BY_NAME.get(args.state) if args.state else None
-
-    def show(event):
-        if wanted is not None and wanted not in (event.oldstate, event.newstate):
-            return
-        t = event.tuple
-        record = {
-            "time": round(event.ts_ns / 1e9 + wall_offset, 6),
-            "local": f"{_address(t.family, t.saddr)}:{t.sport}",
-            "remote": f"{_address(t.family, t.daddr)}:{t.dport}",
-            "from": states.name(event.oldstate), "to": states.name(event.newstate),
-            "seconds_in_from": round(event.dwell_ns / 1e9, 6) if event.dwell_ns else None,
-            # inode of the socket's network namespace (as /proc/PID/ns/net shows it); null if unknown
-            "netns": t.netns or None,
-            "netns_name": netns_name(t.netns),
-            # the socket cookie inet_diag reports (ss -e: sk:...); null in tracepoint mode
-            "cookie": event.cookie or None,
-        }
-        if args.json:
-            print(json.dumps(record), flush=True)
-        else:
-            stamp = time.strftime("%H:%M:%S", time.localtime(record["time"])) + f".{int(record['time'] % 1 * 1e6):06d}"
-            dwell = f"{record['seconds_in_from']:.6f}s" if record["seconds_in_from"] is not None else "-"
-            print(f"{stamp} {record['netns_name']:<20} {record['local']:>28} {record['remote']:>28} "
-                  f"{record['from']:>11} -> {record['to']:<11} {dwell}", flush=True)
-
     if args.ladder:
         on_event, each_turn, at_end = _ladders(program, args, netns_name, wall_offset)
     else:
-        on_event, each_turn, at_end = show, None, None
-        if not args.json:
-            print(f"{'TIME':15} {'NETNS':<20} {'LOCAL':>28} {'REMOTE':>28} {'FROM':>11}    {'TO':<11} IN FROM", flush=True)
+        on_event, each_turn, at_end = _lines(args, netns_name, wall_offset), None, None
     deadline = time.monotonic() + args.duration if args.duration else None
     try:
         while not stopping and (deadline is None or time.monotonic() < deadline):
@@ -102,6 +61,61 @@ def trace(args) -> int:
         program.close()
         dumper.close()
     return 0
+
+
+class _NetnsNames:
+    """inode -> the netns label (as in the metrics); discovery runs again, at most once a
+    second, when a namespace not seen yet shows up."""
+
+    def __init__(self, dumper):
+        self._dumper = dumper
+        self._names = {}
+        self._refreshed = float("-inf")
+
+    def __call__(self, inode: int) -> str:
+        if not inode:
+            return "unknown"
+        if inode not in self._names and time.monotonic() - self._refreshed >= 1.0:
+            self._refreshed = time.monotonic()
+            self._names = {i: info.name for i, info in self._dumper.names().items()}
+        return self._names.get(inode, f"netns-{inode}")
+
+
+def _lines(args, netns_name, wall_offset):
+    """Plain ``trace``: a line (or a JSON object) per transition; the callback per event."""
+    wanted = states.BY_NAME.get(args.state) if args.state else None
+    if not args.json:
+        print(f"{'TIME':15} {'NETNS':<20} {'LOCAL':>28} {'REMOTE':>28} {'FROM':>11}    {'TO':<11} IN FROM", flush=True)
+
+    def show(event):
+        if wanted is not None and wanted not in (event.oldstate, event.newstate):
+            return
+        record = _record(event, netns_name, wall_offset)
+        if args.json:
+            print(json.dumps(record), flush=True)
+            return
+        stamp = time.strftime("%H:%M:%S", time.localtime(record["time"])) + f".{int(record['time'] % 1 * 1e6):06d}"
+        dwell = f"{record['seconds_in_from']:.6f}s" if record["seconds_in_from"] is not None else "-"
+        print(f"{stamp} {record['netns_name']:<20} {record['local']:>28} {record['remote']:>28} "
+              f"{record['from']:>11} -> {record['to']:<11} {dwell}", flush=True)
+    return show
+
+
+def _record(event, netns_name, wall_offset) -> dict:
+    """One transition as ``trace --json`` prints it."""
+    t = event.tuple
+    return {
+        "time": round(event.ts_ns / 1e9 + wall_offset, 6),
+        "local": f"{_address(t.family, t.saddr)}:{t.sport}",
+        "remote": f"{_address(t.family, t.daddr)}:{t.dport}",
+        "from": states.name(event.oldstate), "to": states.name(event.newstate),
+        "seconds_in_from": round(event.dwell_ns / 1e9, 6) if event.dwell_ns else None,
+        # inode of the socket's network namespace (as /proc/PID/ns/net shows it); null if unknown
+        "netns": t.netns or None,
+        "netns_name": netns_name(t.netns),
+        # the socket cookie inet_diag reports (ss -e: sk:...); null in tracepoint mode
+        "cookie": event.cookie or None,
+    }
 
 
 def _ladders(program, args, netns_name, wall_offset):

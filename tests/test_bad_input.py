@@ -1,25 +1,10 @@
 """Bad input: exit code 2, one line on stderr, no traceback, nothing left listening."""
 
 import socket
-import subprocess
 
 import pytest
 
-from helpers import PYTHON, ROOT
-
-
-def run(*args, timeout=20):
-    return subprocess.run([PYTHON, "-m", "tcpwatch", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def assert_rejected(result, *words):
-    assert result.returncode == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
+from peers import assert_rejected, run
 
 
 def test_unknown_flag():

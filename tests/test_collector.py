@@ -3,15 +3,13 @@
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 
 from fixtures import Clock, exporter_for, hand_built_reading, hand_built_snapshot, owners
 from helpers import parse_metrics, value

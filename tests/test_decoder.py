@@ -7,7 +7,7 @@ import pytest
 
 from tcpwatch import states
 from tcpwatch.model import DiagSnapshot, DumpWants, Endpoint
-from tcpwatch.sources.inet_diag import Decoder, DumpError
+from tcpwatch.sources.inet_diag_decoder import Decoder, DumpError
 
 SOCK_DIAG_BY_FAMILY = 20
 NLMSG_DONE, NLMSG_ERROR = 3, 2

@@ -6,7 +6,6 @@ runs in both attach modes: tp_btf and the classic tracepoints.
 """
 
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -14,6 +13,7 @@ import time
 import pytest
 
 from helpers import Daemon, Workload, delayed_pair, series, ss_counts, value, wait_for
+from peers import our_programs
 
 pytestmark = pytest.mark.root
 
@@ -200,14 +200,6 @@ def test_ebpf_on_without_privilege_exits_2_and_auto_degrades(ns):
         assert any("ebpf disabled" in line for line in auto.log)
     finally:
         assert auto.stop() == 0
-
-
-def our_programs():
-    """Programs loaded now whose names are ours: bcc names the classic ones after their
-    tracepoint (tracepoint__sock__…), tp_btf ones are named tp_btf_… (cut to 15 characters)."""
-    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    return sum(1 for line in out.splitlines()
-               if re.search(r" name (tracepoint__(sock|tcp|time)|tp_btf_)", line))
 
 
 def test_sigterm_leaves_no_program_attached(ns, attach):

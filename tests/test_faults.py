@@ -133,7 +133,7 @@ def test_tracefs_missing_at_start_and_unmounted_while_running(netns, daemons, at
 
 
 def bcc_programs():
-    from test_ebpf import our_programs
+    from peers import our_programs
 
     return our_programs()
 

@@ -200,7 +200,7 @@ def test_leak_alert_for_a_pod_carries_its_namespace_and_pod(cri, daemons):
     """The leak alert's expression, evaluated by a real Prometheus scraping tcpwatch, fires
     for a pod's leaking process with namespace and pod labels (thresholds lowered from 20
     sockets and 600 s to 5 and 1 s: the rule's timing is promtool's job)."""
-    from test_prometheus import Prometheus
+    from peers import Prometheus
 
     pod = cri.pod("checkout", "payments")
     cri.container(pod, "api", "leak", count=6, comm="payleak")
@@ -230,7 +230,7 @@ def test_leak_alert_for_a_pod_carries_its_namespace_and_pod(cri, daemons):
 def test_the_unit_capabilities_are_enough_for_every_namespace(podman, cri, daemons):
     """As the systemd unit runs it: an unprivileged user with exactly the unit's capabilities
     enters the container's namespace, reads its owners and names it from podman's state."""
-    from test_systemd import setpriv_with_unit_capabilities
+    from peers import setpriv_with_unit_capabilities
 
     podman.workload("tcpw-unit", "leak", count=3, comm="unitleak")
     daemon = daemons("--ebpf", "off", wrapper=setpriv_with_unit_capabilities())

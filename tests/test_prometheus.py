@@ -6,74 +6,20 @@ Prometheus, tcpwatch and the workloads all run in the test's network namespace, 
 
 import json
 import shutil
-import subprocess
 import tempfile
-from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import PYTHON, ROOT, in_netns, terminate, wait_for
+from helpers import ROOT, wait_for
+from peers import Prometheus
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed")]
 
-PROM_PORT = 9090                   # free: the namespace is the test's own
 RULES = ROOT / "deploy" / "prometheus"
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
 VARIABLES = {"$job": "tcpwatch", "$instance": ".+", "$netns": ".+", "$__rate_interval": "10s"}
-
-# Reads queries (JSON list) on stdin, prints [[status, result], ...]: one process for them all.
-QUERY_SCRIPT = """
-import json, sys, urllib.parse, urllib.request
-base = sys.argv[1]
-out = []
-for path, params in json.load(sys.stdin):
-    url = base + path + ("?" + urllib.parse.urlencode(params) if params else "")
-    try:
-        body = json.load(urllib.request.urlopen(url, timeout=10))
-    except urllib.error.HTTPError as err:
-        body = json.load(err)
-    out.append(body)
-json.dump(out, sys.stdout)
-"""
-
-
-class Prometheus:
-    def __init__(self, netns, target, workdir, port=PROM_PORT):
-        self.port = port
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(RULES / "recording.yml"), str(RULES / "alerts.yml")],
-            "scrape_configs": [{"job_name": "tcpwatch", "static_configs": [{"targets": [target]}]}],
-        }
-        path = Path(workdir) / "prometheus.yml"
-        path.write_text(yaml.safe_dump(config))
-        self.netns = netns
-        self.proc = subprocess.Popen(in_netns(netns, [
-            "prometheus", f"--config.file={path}", f"--storage.tsdb.path={workdir}/data",
-            f"--web.listen-address=127.0.0.1:{port}"]),
-            stdout=subprocess.DEVNULL, stderr=open(Path(workdir) / "prometheus.log", "w"))
-        self.log = Path(workdir) / "prometheus.log"
-
-    def api(self, *requests):
-        """[(path, params), ...] -> the decoded JSON answers, in order."""
-        out = subprocess.run(in_netns(self.netns, [PYTHON, "-c", QUERY_SCRIPT, f"http://127.0.0.1:{self.port}"]),
-                             input=json.dumps(requests), capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
-
-    def query(self, *exprs):
-        return self.api(*[("/api/v1/query", {"query": e}) for e in exprs])
-
-    def ready(self):
-        try:
-            return self.api(("/api/v1/status/buildinfo", None))[0]["status"] == "success"
-        except (AssertionError, json.JSONDecodeError):
-            return False
-
-    def stop(self):
-        terminate(self.proc)
 
 
 def dashboard_queries():

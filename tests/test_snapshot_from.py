@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from helpers import tcpwatch, tls_and_auth_config, value, wait_for
-from test_bad_input import assert_rejected, run
+from peers import assert_rejected, run
 
 pytestmark = pytest.mark.root
 

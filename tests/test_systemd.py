@@ -10,16 +10,10 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, value, wait_for
+from peers import UNIT, setpriv_with_unit_capabilities, unit_setting
 
-UNIT = ROOT / "systemd" / "tcpwatch.service"
 NODE_EXPORTER_UNIT = Path("/lib/systemd/system/prometheus-node-exporter.service")
 systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
-
-
-def unit_setting(name):
-    values = re.findall(rf"^{name}=(.*)$", UNIT.read_text(), re.M)
-    assert len(values) == 1, name
-    return values[0].split()
 
 
 def exposure(unit_path):
@@ -50,14 +44,6 @@ def test_unit_grants_exactly_the_capabilities_it_bounds():
     assert unit_setting("CapabilityBoundingSet") == unit_setting("AmbientCapabilities")
     assert unit_setting("DynamicUser") == ["yes"] and unit_setting("NoNewPrivileges") == ["yes"]
     assert unit_setting("Type") == ["notify"]
-
-
-def setpriv_with_unit_capabilities(drop=None):
-    """setpriv argv: nobody, no new privileges, and only the unit's capabilities (less ``drop``)."""
-    caps = ",".join("+" + c.removeprefix("CAP_").lower() for c in unit_setting("CapabilityBoundingSet")
-                    if c != drop)
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", f"--inh-caps=-all,{caps}",
-            f"--ambient-caps=-all,{caps}", f"--bounding-set=-all,{caps}", "--no-new-privs"]
 
 
 @pytest.mark.root

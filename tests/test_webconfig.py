@@ -11,7 +11,7 @@ import time
 import pytest
 
 from helpers import hashed, parse_metrics, value, wait_for, write_config
-from test_bad_input import assert_rejected, run
+from peers import assert_rejected, run
 
 PASSWORD = "s3cret pass"
 

@@ -1,6 +1,7 @@
 """TCP state transitions and time in state from the eBPF program in ``bpf/tcpstates.c``.
 
 The facade its callers use (cli, doctor, trace, tests, benches), over three parts:
+  ebpf_layout.py what the program reads from the kernel: struct fields and tracepoints (BTF)
   ebpf_plan.py   what will be tried: -D flags, kernel offsets from BTF, attach attempts (no bcc)
   ebpf_load.py   compile with bcc and attach; owns the fds (the only module importing bcc)
   ebpf_maps.py   the maps, read at scrape time (per-CPU values summed, nothing per event)
@@ -12,12 +13,13 @@ from __future__ import annotations
 import logging
 
 from . import btf, ebpf_load, ebpf_maps
-from .ebpf_load import (TRACEFS, TRACEPOINT, attach_tp_btf, check_capabilities, check_tracefs,  # noqa: F401
-                        effective_capabilities, missing_capabilities, program_text)
+from .ebpf_load import (TRACEFS, TRACEPOINT, attach_tp_btf, bcc_importable, check_capabilities,  # noqa: F401
+                        check_tracefs, effective_capabilities, missing_capabilities, program_text)
 from .ebpf_maps import TraceEvent, tuple_key  # noqa: F401
-from .ebpf_plan import (ATTACH_MODES, DEFAULT_MAX_NETNS, FIELDS, OWNER_FIELDS, TP_BTF_HOOKS,  # noqa: F401
-                        TP_BTF_TIMER_HOOKS, AttachChoice, AttachModeUnavailable, BpfUnavailable,
-                        Request, kernel_layout, kernel_symbol, make_plan, owner_layout)
+from .ebpf_layout import (FIELDS, OWNER_FIELDS, TP_BTF_HOOKS, TP_BTF_TIMER_HOOKS, kernel_layout,  # noqa: F401
+                          owner_layout)
+from .ebpf_plan import (ATTACH_MODES, DEFAULT_MAX_NETNS, AttachChoice, AttachModeUnavailable,  # noqa: F401
+                        BpfUnavailable, Request, kernel_symbol, make_plan)
 from ..model import BpfReading, SocketOwners
 
 log = logging.getLogger(__name__)

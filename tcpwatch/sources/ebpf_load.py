@@ -49,14 +49,20 @@ class LoadedProgram:
             self.bpf = None
 
 
+def bcc_importable() -> bool:
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def load(request: Request, plan: Plan) -> LoadedProgram:
     """Try the plan's attempts in order; the first that loads is kept. BpfUnavailable (or
     AttachModeUnavailable) with the reason when none does."""
     check_capabilities()
-    try:
-        import bcc  # noqa: F401
-    except ImportError as exc:
-        raise BpfUnavailable(f"bcc is not importable ({exc}); install python3-bpfcc") from None
+    if not bcc_importable():
+        raise BpfUnavailable("bcc is not importable; install python3-bpfcc (Fedora/RHEL: python3-bcc)")
     loaded = LoadedProgram()
     attempt = plan.attempts[0]
     while True:

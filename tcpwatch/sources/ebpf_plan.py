@@ -1,8 +1,8 @@
 """What loading the eBPF program will try, decided without bcc and without root.
 
 From the settings and the running kernel (its BTF, /proc/kallsyms, the pid namespace, the
-tick) this module makes a ``Plan``: the -D flags (settings, and every kernel struct offset,
-taken from BTF, never from headers), the ordered attach attempts (tp_btf, then the classic
+tick) this module makes a ``Plan``: the -D flags (settings, and every kernel struct offset
+of ebpf_layout.py, taken from BTF, never from headers), the ordered attach attempts (tp_btf, then the classic
 tracepoints) with the reason each would be used for, the tp_btf hooks and their BTF ids,
 and whether the socket-owner iterator is compiled in. ``Environment`` carries the kernel
 facts so that tests give a fake or saved BTF. The checks of the eBPF flags live here only
@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 from .. import histograms
 from . import btf
+from .ebpf_layout import TP_BTF_HOOKS, TP_BTF_TIMER_HOOKS, kernel_layout, owner_layout
 
 ATTACH_MODES = ("auto", "tp_btf", "tracepoint")
 MAX_SOCKETS_RANGE = (1, 1 << 24)     # --collector.bpf.max-sockets: LRU map entries
@@ -26,50 +27,6 @@ DEFAULT_MAX_NETNS = 128
 TCP_TIMEWAIT_LEN_NS = 60 * 10**9     # include/net/tcp.h: TCP_TIMEWAIT_LEN, the timewait timer's span
 CLOCK_MONOTONIC_COARSE = 6           # its resolution is the kernel's tick: 1/HZ
 PROC_PID_INIT_INO = 0xEFFFFFFC       # include/linux/proc_ns.h: the initial pid namespace's inode
-
-# Each tp_btf function of tcpstates.c and its tracepoint; the timer hooks only with TIME_WAIT timing.
-TP_BTF_HOOKS = (("tp_btf_inet_sock_set_state", "inet_sock_set_state"),
-                ("tp_btf_tcp_retransmit_skb", "tcp_retransmit_skb"),
-                ("tp_btf_tcp_send_reset", "tcp_send_reset"),
-                ("tp_btf_tcp_receive_reset", "tcp_receive_reset"))
-TP_BTF_TIMER_HOOKS = (("tp_btf_timer_start", "timer_start"),
-                      ("tp_btf_timer_expire_entry", "timer_expire_entry"),
-                      ("tp_btf_timer_cancel", "timer_cancel"))
-
-# Every kernel field the program reads: -D name -> (struct, member path, the size each read
-# assumes, None when only the offset matters). A kernel whose BTF gives another size is
-# refused, not misread.
-FIELDS = {
-    "OFF_SK_PROTOCOL": ("sock", "sk_protocol", 2),
-    "OFF_SKC_FAMILY": ("sock", "__sk_common.skc_family", 2),
-    "OFF_INET_SPORT": ("inet_sock", "inet_sport", 2),
-    "OFF_SKC_NUM": ("sock", "__sk_common.skc_num", 2),
-    "OFF_SKC_DPORT": ("sock", "__sk_common.skc_dport", 2),
-    "OFF_SKC_RCV_SADDR": ("sock", "__sk_common.skc_rcv_saddr", 4),
-    "OFF_SKC_DADDR": ("sock", "__sk_common.skc_daddr", 4),
-    "OFF_SKC_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr", 16),
-    "OFF_SKC_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr", 16),
-    "OFF_SKC_NET": ("sock", "__sk_common.skc_net", 8),
-    "OFF_SKC_COOKIE": ("sock", "__sk_common.skc_cookie", 8),
-    "OFF_NS_INUM": ("net", "ns.inum", 4),
-    "OFF_SKB_DEV": ("sk_buff", "dev", 8),
-    "OFF_DEV_ND_NET": ("net_device", "nd_net", 8),
-    "OFF_TIMER_FUNCTION": ("timer_list", "function", 8),
-    "OFF_TIMER_EXPIRES": ("timer_list", "expires", 8),
-    "OFF_TW_TIMER": ("inet_timewait_sock", "tw_timer", None),   # only its start is used
-    "OFF_TW_SUBSTATE": ("inet_timewait_sock", "tw_substate", 1),
-}
-# What the socket-owner iterator reads (OWNER_ITER in tcpstates.c), apart from FIELDS so that
-# a kernel lacking one loses only the iterator (owners then come from the /proc walk).
-OWNER_FIELDS = {
-    "OFF_TASK_TGID": ("task_struct", "tgid", 4),
-    "OFF_TASK_COMM": ("task_struct", "comm", 16),
-    "OFF_FILE_INODE": ("file", "f_inode", 8),
-    "OFF_INODE_MODE": ("inode", "i_mode", 2),
-    "OFF_INODE_INO": ("inode", "i_ino", 8),
-}
-OWNER_ITERATOR = "bpf_iter_task_file"   # the kernel function an iter/task_file program attaches to
-
 
 class BpfUnavailable(Exception):
     """The program cannot be loaded here; the message says why in one line."""
@@ -137,31 +94,6 @@ class Environment:
     symbol: Callable = kernel_symbol               # name -> address or None
     initial_pid_namespace: Callable = in_initial_pid_namespace
     tick_ns: Callable = _tick_ns
-
-
-def _offsets(types, fields: dict) -> dict:
-    offsets = {}
-    for name, (struct_name, path, expected) in fields.items():
-        offset, size = types.offset(struct_name, path)
-        if expected is not None and size != expected:
-            raise btf.BtfError(f"struct {struct_name}.{path} is {size} bytes here, not {expected}")
-        offsets[name] = offset
-    return offsets
-
-
-def kernel_layout(btf_path: str = btf.VMLINUX, hooks=TP_BTF_HOOKS + TP_BTF_TIMER_HOOKS, load=btf.Btf.load):
-    """(-D offsets, {tracepoint: BTF id of btf_trace_<tracepoint>}) from the kernel's BTF.
-    Raises btf.BtfError when the BTF is missing or does not describe what the program reads."""
-    types = load(btf_path)
-    ids = {tracepoint: types.type_id(btf.TYPEDEF, f"btf_trace_{tracepoint}") for _fn, tracepoint in hooks}
-    return _offsets(types, FIELDS), ids
-
-
-def owner_layout(btf_path: str = btf.VMLINUX, load=btf.Btf.load) -> tuple:
-    """(-D offsets, BTF id of bpf_iter_task_file) for the socket-owner iterator; BtfError
-    when this kernel's BTF cannot describe it."""
-    types = load(btf_path)
-    return _offsets(types, OWNER_FIELDS), types.type_id(btf.FUNC, OWNER_ITERATOR)
 
 
 @dataclass(frozen=True)
