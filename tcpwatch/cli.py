@@ -66,7 +66,7 @@ def run(settings) -> int:
         address = server.bound_address(http)
         log.info("listening", extra={"address": address, "path": settings.telemetry_path,
                                      "version": __version__, "ebpf": program is not None,
-                                     "owners": "ebpf_iterator" if program and program.scans_owners else "proc",
+                                     "owners": "ebpf_iterator" if program and program.has_owner_iterator else "proc",
                                      "ebpf_time_wait": bool(program and program.time_wait_tracked),
                                      "ebpf_attach": program.attach.mode if program else "none"})
         notifier = systemd.Notifier()
@@ -164,7 +164,7 @@ def _owner_walk(program, proc_walk):
     """Who holds each socket: the eBPF task_file iterator when it is attached (one read per
     scrape), else the /proc walk (one readlink per fd). A failed read falls back to the walk
     for that scrape."""
-    if program is None or not program.scans_owners:
+    if program is None or not program.has_owner_iterator:
         return proc_walk
 
     def walk(wanted_inodes):

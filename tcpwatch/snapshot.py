@@ -27,16 +27,15 @@ _PLACEHOLDER_KEYS = {name: (name, "", "", "") for name in attribution.PLACEHOLDE
 
 @dataclass
 class Sources:
-    """Where a snapshot's inputs come from. ``namespaces`` has ``discover()``,
+    """Where a snapshot's inputs come from. ``dumper`` has ``discover()``,
     ``dump_all(discovered)`` and ``container_of(pid)`` (namespace_dumps.NamespaceDumper);
     ``owner_walk(inodes)`` gives SocketOwners; ``bpf_read()`` a BpfReading and
     ``bpf_release(live_inodes)`` gives back gone namespaces' slots (None: eBPF is off)."""
 
-    namespaces: object
+    dumper: object
     owner_walk: Optional[Callable] = None          # None: --no-collector.process
     bpf_read: Optional[Callable] = None
     bpf_release: Optional[Callable] = None
-    clock: Callable[[], float] = time.monotonic   # CLOCK_MONOTONIC, the eBPF program's clock
 
 
 class NamespaceTotals:
@@ -107,11 +106,9 @@ class NamespaceGroups:
 class Snapshot:
     """What one scrape read; see the module docstring."""
 
-    def __init__(self, netns_max_series: int = 128, container_of: Optional[Callable] = None,
-                 now: float = 0.0):
+    def __init__(self, netns_max_series: int = 128, container_of: Optional[Callable] = None):
         self.netns_max_series = netns_max_series
-        self.container_of = container_of
-        self.now = now                     # when the scrape started, CLOCK_MONOTONIC seconds
+        self.container_of = container_of   # pid -> Container or None
         self.reading = None                # BpfReading, or None
         self.discovered = None             # namespace_dumps.Discovered, or None
         self.dumps: Optional[NamespaceDumps] = None
@@ -172,15 +169,15 @@ def take(sources: Sources, owner_pool, netns_max_series: int) -> Snapshot:
     """Read every source once, in the order of the module docstring. ``owner_pool`` runs
     the owner walk beside the dumps: both are mostly syscalls, and neither needs the other
     until the owners are joined to the sockets."""
-    snap = Snapshot(netns_max_series, getattr(sources.namespaces, "container_of", None), sources.clock())
+    snap = Snapshot(netns_max_series, getattr(sources.dumper, "container_of", None))
     walk = owner_pool.submit(_timed, sources.owner_walk) if sources.owner_walk is not None else None
     if sources.bpf_read is not None:
         snap.reading = snap.run(EBPF, sources.bpf_read)
-    snap.discovered = snap.run(NETNS, sources.namespaces.discover)
+    snap.discovered = snap.run(NETNS, sources.dumper.discover)
     if snap.discovered is None:
         snap.failed.setdefault(INET_DIAG, f"namespace discovery failed: {snap.failed[NETNS]}")
     else:
-        snap.dumps = snap.run(INET_DIAG, sources.namespaces.dump_all, snap.discovered)
+        snap.dumps = snap.run(INET_DIAG, sources.dumper.dump_all, snap.discovered)
     if snap.dumps is not None:
         _check_dumps(snap)
         if snap.reading is not None and sources.bpf_release is not None:

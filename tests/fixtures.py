@@ -106,10 +106,10 @@ KERNEL_COUNTERS = {"TcpExt": {"ListenOverflows": 3, "ListenDrops": 4, "TCPTimeWa
 
 def scrape_snapshot(reading=hand_built_reading, owner_walk=owners, netns_max_series=128):
     """A Snapshot as snapshot.take makes it, of OneNamespace(hand_built_snapshot)."""
-    namespaces = OneNamespace(hand_built_snapshot, kernel_counters=KERNEL_COUNTERS)
-    snap = Snapshot(netns_max_series, namespaces.container_of)
+    source = OneNamespace(hand_built_snapshot, kernel_counters=KERNEL_COUNTERS)
+    snap = Snapshot(netns_max_series, source.container_of)
     snap.reading = reading() if reading else None
-    snap.discovered = namespaces.discover()
-    snap.dumps = namespaces.dump_all(snap.discovered)
+    snap.discovered = source.discover()
+    snap.dumps = source.dump_all(snap.discovered)
     snap.owners = owner_walk(None) if owner_walk else None
     return snap

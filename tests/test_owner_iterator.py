@@ -41,7 +41,7 @@ def program():
 
 
 def test_iterator_owners_equal_the_proc_walk(program):
-    assert program.scans_owners
+    assert program.has_owner_iterator
     proc = subprocess.Popen([PYTHON, "-c", FORKER, "300"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True)
     load = Workload("leak", count=20, comm="iterleak")

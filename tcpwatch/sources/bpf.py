@@ -54,7 +54,7 @@ class BpfProgram:
         return self.loaded.bpf
 
     @property
-    def scans_owners(self) -> bool:
+    def has_owner_iterator(self) -> bool:
         """The socket-owner iterator is attached: ``socket_owners`` works."""
         return self.bpf is not None and self._maps.has_owner_iterator
 
@@ -72,7 +72,7 @@ class BpfProgram:
         return self._maps.release_stale_netns(live_inodes)
 
     def socket_owners(self, wanted_inodes=None) -> SocketOwners:
-        if not self.scans_owners:
+        if not self.has_owner_iterator:
             raise BpfUnavailable("the socket-owner iterator is not attached")
         return self._maps.socket_owners(wanted_inodes)
 

@@ -60,7 +60,7 @@ def discover(proc_root: str = "/proc", named_dir: str = NAMED_NETNS_DIR) -> Disc
     found = Discovery(own_inode=_inode(f"{proc_root}/thread-self/ns/net") or _inode(f"{proc_root}/self/ns/net"))
     refs = found.namespaces
     stat = os.stat
-    names = os.listdir(proc_root)   # no /proc (or no fd left to list it): the scan fails
+    names = os.listdir(proc_root)   # no /proc (or no fd left to list it): discovery fails
     pids = sorted(int(name) for name in names if name.isdigit())
     for pid in pids:
         try:
