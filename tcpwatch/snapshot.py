@@ -1,8 +1,8 @@
 """One scrape's inputs, gathered once and shared by every collector.
 
-The order is today's: the owner walk starts in its own thread, the eBPF maps are read, the
-namespaces are found and dumped, stale eBPF namespace slots are released, and the owner walk
-is joined. Each source records its own seconds and its failure: a source that raised has no
+The order: the eBPF maps are read (before any other thread competes for the interpreter),
+the owner walk starts in its own thread, the namespaces are found and dumped beside it, stale
+eBPF namespace slots are released, and the owner walk is joined. Each source records its own seconds and its failure: a source that raised has no
 data (``failed``); one that answered with some of its parts missing keeps its data and says
 so (``degraded``). The collectors (``collectors/``) turn a snapshot into metric families;
 derived data that several of them use (the namespace groups, who owns each socket) is
@@ -170,9 +170,9 @@ def take(sources: Sources, owner_pool, netns_max_series: int) -> Snapshot:
     the owner walk beside the dumps: both are mostly syscalls, and neither needs the other
     until the owners are joined to the sockets."""
     snap = Snapshot(netns_max_series, getattr(sources.dumper, "container_of", None))
-    walk = owner_pool.submit(_timed, sources.owner_walk) if sources.owner_walk is not None else None
     if sources.bpf_read is not None:
         snap.reading = snap.run(EBPF, sources.bpf_read)
+    walk = owner_pool.submit(_timed, sources.owner_walk) if sources.owner_walk is not None else None
     snap.discovered = snap.run(NETNS, sources.dumper.discover)
     if snap.discovered is None:
         snap.failed.setdefault(INET_DIAG, f"namespace discovery failed: {snap.failed[NETNS]}")
