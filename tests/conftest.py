@@ -1,5 +1,6 @@
 import itertools
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -16,6 +17,39 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+_leftovers_at_start = {}
+
+
+def pytest_sessionstart(session):
+    """What ran before the suite is not the suite's to clean up."""
+    from peers import our_programs, tcpwatch_daemons
+
+    _leftovers_at_start["daemons"] = set(tcpwatch_daemons())
+    _leftovers_at_start["programs"] = our_programs() if is_root() and shutil.which("bpftool") else 0
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite leaves nothing running: a tcpwatch daemon or one of tcpwatch's eBPF programs
+    left by a test fails the run (and is stopped)."""
+    import signal
+    import time
+
+    from peers import our_programs, tcpwatch_daemons
+
+    left = {pid: cmd for pid, cmd in tcpwatch_daemons().items() if pid not in _leftovers_at_start["daemons"]}
+    for pid in left:
+        os.kill(pid, signal.SIGTERM)
+    programs = 0
+    if is_root() and shutil.which("bpftool"):
+        deadline = time.monotonic() + 10   # a daemon just stopped detaches within moments
+        while (programs := our_programs() - _leftovers_at_start["programs"]) > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    if left or programs > 0:
+        print(f"\nleft running by the suite: {len(left)} tcpwatch daemon(s) {sorted(left.values())}, "
+              f"{max(programs, 0)} eBPF program(s) of tcpwatch's")
+        session.exitstatus = 1
 
 
 @pytest.fixture

@@ -87,10 +87,27 @@ class Prometheus:
 
 def our_programs():
     """Programs loaded now whose names are ours: bcc names the classic ones after their
-    tracepoint (tracepoint__sock__…), tp_btf ones are named tp_btf_… (cut to 15 characters)."""
+    tracepoint (tracepoint__sock__…), tp_btf ones are named tp_btf_… (cut to 15 characters),
+    the owner iterator socket_owners."""
     out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
     return sum(1 for line in out.splitlines()
-               if re.search(r" name (tracepoint__(sock|tcp|time)|tp_btf_)", line))
+               if re.search(r" name (tracepoint__(sock|tcp|time)|tp_btf_|socket_owners)", line))
+
+
+def tcpwatch_daemons():
+    """{pid: command line} of every `tcpwatch run` process on the host."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv if a]
+        if "run" in words and any(w == "tcpwatch" or w.endswith("/tcpwatch") for w in words):
+            found[int(entry.name)] = " ".join(words)
+    return found
 
 
 def unit_setting(name):

@@ -4,10 +4,11 @@ pid, threads count once), and the daemon falls back to the walk where pids would
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from helpers import PYTHON, ROOT, Workload, terminate
+from helpers import PYTHON, ROOT, Workload, terminate, wait_for
 from tcpwatch.sources import bpf, processes
 
 pytestmark = pytest.mark.root
@@ -73,11 +74,18 @@ def daemon_log_line(argv_prefix=()):
             if "msg=listening" in line or not line:
                 return line
     finally:
-        terminate(proc)
+        if argv_prefix:   # unshare ignores SIGTERM; killed, it passes --kill-child's SIGTERM on
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            proc.kill()
+            proc.wait(10)
+            wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=15,
+                     what="the daemon in the pid namespace to exit")
+        else:
+            terminate(proc)
     return ""
 
 
 def test_daemon_uses_the_iterator_and_falls_back_in_a_pid_namespace():
     assert re.search(r"owners=ebpf_iterator", daemon_log_line())
     # In a pid namespace of its own the iterator's pids would not be /proc's: the walk is used.
-    assert re.search(r"owners=proc", daemon_log_line(("unshare", "--pid", "--fork", "--mount-proc")))
+    assert re.search(r"owners=proc", daemon_log_line(("unshare", "--pid", "--fork", "--kill-child=SIGTERM", "--mount-proc")))
