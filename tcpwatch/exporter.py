@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import __version__, collectors, snapshot
 from .collectors import CollectorSettings
+from .namespace_book import NamespaceBook
 
 log = logging.getLogger("tcpwatch.collector")
 
@@ -39,6 +40,7 @@ class Exporter:
         self._last_started = float("-inf")
         self._last_families: list = []
         self._owner_executor = None
+        self._book = NamespaceBook()   # namespaces' labels and counters across scrapes
         self.observers = []   # called with every fresh collection's families (the state API)
 
     def describe(self):
@@ -59,7 +61,7 @@ class Exporter:
             return list(self._last_families)
 
     def _collect_now(self) -> list:
-        snap = snapshot.take(self._sources, self._owner_pool(), self._settings.netns_max_series)
+        snap = snapshot.take(self._sources, self._owner_pool(), self._settings.netns_max_series, self._book)
         durations = GaugeMetricFamily(
             "tcpwatch_scrape_collector_duration_seconds",
             "Time each collector took during this scrape.", labels=["collector"])

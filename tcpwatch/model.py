@@ -125,10 +125,18 @@ class BpfReading:
 
     attach_mode: str = ""                                      # tp_btf or tracepoint
     attach_reason: str = ""                                    # why that mode (one word)
-    netns: dict = field(default_factory=dict)                  # netns inode (0: unknown) -> NetnsActivity
+    netns: dict = field(default_factory=dict)                  # netns key (cookie; 0: unknown) -> NetnsActivity
+    netns_inodes: dict = field(default_factory=dict)           # netns key -> its inode
     counters: dict = field(default_factory=dict)               # program-wide: name -> count
     close_wait_by_cookie: bool = True
     close_wait_entered_ns: dict = field(default_factory=dict)  # cookie or tuple key -> CLOCK_MONOTONIC ns
+
+    def by_inode(self) -> dict:
+        """{netns inode: NetnsActivity} (namespaces ever sharing an inode summed)."""
+        result = {}
+        for key, activity in self.netns.items():
+            result.setdefault(self.netns_inodes.get(key, 0), NetnsActivity()).add(activity)
+        return result
 
     def total(self) -> NetnsActivity:
         """Every namespace summed."""
@@ -167,6 +175,12 @@ class NetnsDump:
     snap: DiagSnapshot
     kernel_counters: dict = field(default_factory=dict)   # {"TcpExt": {name: n}, "Tcp": {...}}
     ephemeral_ports: int = -1                            # -1: not readable
+    cookie: int = 0                                      # the namespace's cookie; 0: unknown
+
+    @property
+    def identity(self):
+        """What tells this namespace from every other, ever: its cookie, else its inode."""
+        return self.cookie or ("inode", self.info.inode)
 
 
 @dataclass

@@ -154,7 +154,7 @@ class NamespaceDumper:
             ports = handles.ephemeral_ports()
         except (OSError, ValueError):
             ports = -1
-        return NetnsDump(info, snap, counters, ports)
+        return NetnsDump(info, snap, counters, ports, handles.cookie)
 
     def close(self) -> None:
         if self._executor is not None:

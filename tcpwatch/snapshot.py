@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Optional
 
-from . import attribution, namespaces, ports
+from . import attribution, namespace_book, namespaces, ports
 from .model import KERNEL_HELD, UNKNOWN_OWNER, NamespaceDumps, NetnsActivity, NetnsDump
+from .namespace_book import NamespaceBook
 
 # The sources of a snapshot; each is owned by one collector (collectors/__init__.py).
 EBPF, NETNS, INET_DIAG, OWNERS = "ebpf", "netns", "inet_diag", "owners"
@@ -30,7 +31,8 @@ class Sources:
     """Where a snapshot's inputs come from. ``dumper`` has ``discover()``,
     ``dump_all(discovered)`` and ``container_of(pid)`` (namespace_dumps.NamespaceDumper);
     ``owner_walk(inodes)`` gives SocketOwners; ``bpf_read()`` a BpfReading and
-    ``bpf_release(live_inodes)`` gives back gone namespaces' slots (None: eBPF is off)."""
+    ``bpf_release(live cookies, live inodes of namespaces whose cookie is unknown)`` gives
+    back gone namespaces' slots (None: eBPF is off)."""
 
     dumper: object
     owner_walk: Optional[Callable] = None          # None: --no-collector.process
@@ -46,9 +48,9 @@ class NamespaceTotals:
         self.listeners = []                  # [Listener]
         self.time_wait_min_ms = -1           # shortest TIME_WAIT timer left; -1: none
         self.ephemeral_ports = -1            # -1: unknown, or a sum that would mean nothing
-        self.kernel = {}                     # {"TcpExt": Counter, "Tcp": Counter}
+        self.kernel = {}                     # {"TcpExt": Counter, "Tcp": Counter}, monotone (ledger.py)
         self.ports = {side: Counter() for side in ports.SIDES}
-        self.activity = NetnsActivity()      # the eBPF program's counts
+        self.activity = NetnsActivity()      # the eBPF program's counts, monotone (ledger.py)
         self.has_activity = False
         self.dumped = False
 
@@ -64,38 +66,37 @@ class NamespaceTotals:
             self.ephemeral_ports = dump.ephemeral_ports
         self.ports["server"].update(snap.server_ports)
         self.ports["client"].update(snap.client_ports)
-        for group, fields in dump.kernel_counters.items():
-            self.kernel.setdefault(group, Counter()).update(fields)
 
 
 @dataclass
 class NamespaceGroups:
     """Namespaces as they are exported: the top --collector.netns.max-series by socket count
-    keep their name, the rest are summed under "other"."""
+    keep their name, the rest are summed under "other"; counters of namespaces no longer
+    found are under "gone" (namespace_book.py)."""
 
     label_of_inode: dict = field(default_factory=dict)   # inode -> netns label
     by_label: dict = field(default_factory=dict)         # netns label -> NamespaceTotals
 
     @classmethod
-    def build(cls, infos: dict, dumps: Optional[NamespaceDumps], reading, max_series: int) -> "NamespaceGroups":
+    def build(cls, infos: dict, dumps: Optional[NamespaceDumps], reading, max_series: int,
+              book: NamespaceBook) -> "NamespaceGroups":
         dumped = dumps.dumps if dumps is not None else []
-        weights = {dump.info.name: dump.snap.total() for dump in dumped}
-        names = {inode: info.name for inode, info in infos.items()}
-        for inode in (reading.netns if reading is not None else ()):
-            if inode not in names:   # seen by the program, not found on the host (gone, or 0: unknown)
-                names[inode] = f"netns-{inode}" if inode else namespaces.OTHER
-                weights.setdefault(names[inode], 0)
-        kept = namespaces.kept_names(weights, max_series)
-        groups = cls({inode: namespaces.label_of(name, kept) for inode, name in names.items()})
+        names = {inode: info.name for inode, info in infos.items()}   # found, not read: "other"
+        names.update(book.name_dumps(dumped))
+        weights = {names[dump.info.inode]: dump.snap.total() for dump in dumped}
+        groups = cls(namespace_book.cap(names, weights, max_series))
         members = Counter(groups.label_of_inode[dump.info.inode] for dump in dumped)
         for dump in dumped:
             label = groups.label_of_inode[dump.info.inode]
             alone = members[label] == 1 and label != namespaces.OTHER
             groups.by_label.setdefault(label, NamespaceTotals()).add_dump(dump, alone)
-        for inode, activity in (reading.netns.items() if reading is not None else ()):
-            totals = groups.by_label.setdefault(groups.label_of_inode[inode], NamespaceTotals())
-            totals.activity.add(activity)
-            totals.has_activity = True
+        if reading is not None:
+            for label, activity in book.activity_exports(reading, groups.label_of_inode, dumps).items():
+                totals = groups.by_label.setdefault(label, NamespaceTotals())
+                totals.activity, totals.has_activity = activity, True
+        if dumps is not None:
+            for label, kernel in book.kernel_exports(groups.label_of_inode, dumps).items():
+                groups.by_label.setdefault(label, NamespaceTotals()).kernel = kernel
         return groups
 
     def dumped(self):
@@ -106,9 +107,11 @@ class NamespaceGroups:
 class Snapshot:
     """What one scrape read; see the module docstring."""
 
-    def __init__(self, netns_max_series: int = 128, container_of: Optional[Callable] = None):
+    def __init__(self, netns_max_series: int = 128, container_of: Optional[Callable] = None,
+                 book: Optional[NamespaceBook] = None):
         self.netns_max_series = netns_max_series
         self.container_of = container_of   # pid -> Container or None
+        self.book = book if book is not None else NamespaceBook()   # kept across scrapes by the caller
         self.reading = None                # BpfReading, or None
         self.discovered = None             # namespace_dumps.Discovered, or None
         self.dumps: Optional[NamespaceDumps] = None
@@ -135,7 +138,7 @@ class Snapshot:
 
     @cached_property
     def groups(self) -> NamespaceGroups:
-        return NamespaceGroups.build(self.infos, self.dumps, self.reading, self.netns_max_series)
+        return NamespaceGroups.build(self.infos, self.dumps, self.reading, self.netns_max_series, self.book)
 
     @cached_property
     def owner_keys(self) -> dict:
@@ -165,11 +168,11 @@ class Snapshot:
                 for dump in self.dumps.dumps]
 
 
-def take(sources: Sources, owner_pool, netns_max_series: int) -> Snapshot:
+def take(sources: Sources, owner_pool, netns_max_series: int, book: NamespaceBook) -> Snapshot:
     """Read every source once, in the order of the module docstring. ``owner_pool`` runs
     the owner walk beside the dumps: both are mostly syscalls, and neither needs the other
     until the owners are joined to the sockets."""
-    snap = Snapshot(netns_max_series, getattr(sources.dumper, "container_of", None))
+    snap = Snapshot(netns_max_series, getattr(sources.dumper, "container_of", None), book)
     if sources.bpf_read is not None:
         snap.reading = snap.run(EBPF, sources.bpf_read)
     walk = owner_pool.submit(_timed, sources.owner_walk) if sources.owner_walk is not None else None
@@ -181,7 +184,9 @@ def take(sources: Sources, owner_pool, netns_max_series: int) -> Snapshot:
     if snap.dumps is not None:
         _check_dumps(snap)
         if snap.reading is not None and sources.bpf_release is not None:
-            snap.run("ebpf_release", sources.bpf_release, set(snap.infos))
+            with_cookie = {dump.info.inode: dump.cookie for dump in snap.dumps.dumps if dump.cookie}
+            snap.run("ebpf_release", sources.bpf_release, set(with_cookie.values()),
+                     set(snap.infos) - set(with_cookie))
             _fold_release(snap)
     if walk is not None:
         _join_walk(snap, walk)

@@ -18,6 +18,7 @@ from tcpwatch.snapshot import Snapshot, Sources
 
 LOCAL = socket.inet_aton("127.0.0.1")
 HOST_INODE = 4026531840
+HOST_COOKIE = 3
 
 
 def hand_built_snapshot():
@@ -45,13 +46,14 @@ def hand_built_reading():
     slots[20 - histograms.FIRST_SLOT] = 4
     return BpfReading(
         attach_mode="tp_btf", attach_reason="btf",
-        netns={HOST_INODE: NetnsActivity(
+        netns={HOST_COOKIE: NetnsActivity(
             transitions=Counter({(states.CLOSE, states.SYN_SENT): 5, (states.SYN_SENT, states.ESTABLISHED): 4,
                                  (states.SYN_SENT, states.CLOSE): 1, (states.ESTABLISHED, states.SYN_SENT): 0}),
             duration_slots={states.SYN_SENT: slots},
             duration_sum_ns=Counter({states.SYN_SENT: 4 * 600_000}),
             counters=Counter({"retransmits": 7, "resets_sent": 1})),
             0: NetnsActivity(counters=Counter({"resets_received": 3}))},   # unknown namespace: "other"
+        netns_inodes={HOST_COOKIE: HOST_INODE, 0: 0},
         counters={"unknown_socket": 2, "netns_tracked": 1},
         close_wait_entered_ns={40: 900 * 10**9})
 
@@ -82,7 +84,7 @@ class OneNamespace:
         return Discovered({self.info.inode: self.info}, {}, self.info.inode)
 
     def dump_all(self, discovered: Discovered) -> NamespaceDumps:
-        dump = NetnsDump(self.info, self._dump(), self._kernel_counters, self._ephemeral_ports)
+        dump = NetnsDump(self.info, self._dump(), self._kernel_counters, self._ephemeral_ports, HOST_COOKIE)
         return NamespaceDumps(dumps=[dump], infos=dict(discovered.infos))
 
     def container_of(self, pid):

@@ -22,7 +22,7 @@ def test_every_offset_the_program_uses_matches_gcc_on_bpftools_c_dump(kernel_btf
     header = subprocess.run(["bpftool", "btf", "dump", "file", btf.VMLINUX, "format", "c"],
                             capture_output=True, text=True, check=True).stdout
     (tmp_path / "vmlinux.h").write_text(header)
-    fields = {**bpf.FIELDS, **bpf.OWNER_FIELDS}
+    fields = {**bpf.FIELDS, **bpf.OWNER_FIELDS, **bpf.COOKIE_FIELDS}
     lines = [f'printf("{name} %zu %zu\\n", __builtin_offsetof(struct {s}, {path}), '
              f'sizeof(((struct {s} *)0)->{path}));' for name, (s, path, _size) in fields.items()]
     (tmp_path / "offsets.c").write_text('#include "vmlinux.h"\nint printf(const char *, ...);\n'

@@ -41,7 +41,7 @@ def netns_inode(pid):
     return os.stat(f"/proc/{pid}/ns/net").st_ino
 
 
-def test_per_namespace_counts_are_exact_and_keyed_by_the_namespace_inode(attach, two_netns):
+def test_per_namespace_counts_are_exact_and_carry_the_namespace_inode(attach, two_netns):
     from tcpwatch.sources.bpf import BpfProgram
 
     a, b = two_netns
@@ -56,7 +56,8 @@ def test_per_namespace_counts_are_exact_and_keyed_by_the_namespace_inode(attach,
 
         def per_netns():
             reading = program.read()
-            got = {name: reading.netns.get(inode) for name, inode in inodes.items()}
+            by_inode = reading.by_inode()
+            got = {name: by_inode.get(inode) for name, inode in inodes.items()}
             done = all(g and g.transitions[(states.LAST_ACK, states.CLOSE)] for g in got.values())
             return got if done else None
 
@@ -86,7 +87,7 @@ def test_resets_are_counted_in_the_namespace_that_sent_and_received_them(attach,
         inode = int(subprocess.run(in_netns(a, [PYTHON, "-c", code]), capture_output=True, text=True,
                                    check=True).stdout)
         counters = wait_for(lambda: (lambda c: c if c and c["resets_received"] == 4 else None)(
-            getattr(program.read().netns.get(inode), "counters", None)), what="4 resets in the namespace")
+            getattr(program.read().by_inode().get(inode), "counters", None)), what="4 resets in the namespace")
         assert counters["resets_sent"] == 4
     finally:
         program.close()

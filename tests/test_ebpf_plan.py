@@ -18,7 +18,7 @@ class FakeBtf:
     """Answers like btf.Btf for the fields and names it is given, BtfError for the rest."""
 
     def __init__(self, drop=(), sizes=None):
-        fields = {**ebpf_layout.FIELDS, **ebpf_layout.OWNER_FIELDS}
+        fields = {**ebpf_layout.FIELDS, **ebpf_layout.OWNER_FIELDS, **ebpf_layout.COOKIE_FIELDS}
         self.layout = {(s, path): (8 * i, (sizes or {}).get(path, size or 8))
                        for i, (s, path, size) in enumerate(fields.values()) if path not in drop}
         hooks = ebpf_layout.TP_BTF_HOOKS + ebpf_layout.TP_BTF_TIMER_HOOKS
@@ -55,10 +55,20 @@ def test_auto_with_btf_tries_tp_btf_then_the_classic_tracepoints():
                  "-DTW_LEN_JIFFIES=15000LL", "-DOFF_SKC_COOKIE=80"):
         assert flag in tp_btf.cflags and flag in classic.cflags
     assert "-DATTACH_TP_BTF" in tp_btf.cflags and "-DATTACH_TP_BTF" not in classic.cflags
-    assert sum(f.startswith("-DOFF_") for f in tp_btf.cflags) == len(ebpf_layout.FIELDS)
+    assert sum(f.startswith("-DOFF_") for f in tp_btf.cflags) == len(ebpf_layout.FIELDS) + len(ebpf_layout.COOKIE_FIELDS)
     assert dict(tp_btf.hooks) == {fn: 1000 + i for i, (fn, _tp) in
                                   enumerate(ebpf_layout.TP_BTF_HOOKS + ebpf_layout.TP_BTF_TIMER_HOOKS)}
     assert classic.hooks == () and "-DEMIT_EVENTS" not in tp_btf.cflags and "-DOWNER_ITER" not in tp_btf.cflags
+
+
+def test_namespaces_are_keyed_by_cookie_where_the_kernel_has_one():
+    plan = make_plan(Request(), environment())
+    assert plan.netns_by_cookie and "-DOFF_NET_COOKIE=" + str(8 * len(ebpf_layout.FIELDS) + 8 * len(
+        ebpf_layout.OWNER_FIELDS)) in plan.attempts[0].cflags
+    old = make_plan(Request(), environment(FakeBtf(drop={"net_cookie"})))
+    assert not old.netns_by_cookie and "by inode" in old.notes[0][0]
+    assert not any(f.startswith("-DOFF_NET_COOKIE") for a in old.attempts for f in a.cflags)
+    assert [a.mode for a in old.attempts] == ["tp_btf", "tracepoint"]
 
 
 def test_requested_modes_are_the_only_attempt():

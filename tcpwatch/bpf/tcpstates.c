@@ -29,9 +29,10 @@
  *
  * Per network namespace
  *   Counters and histograms live in one per-CPU array element per namespace slot
- *   (struct netns_stats). netns_slots maps a namespace's inode to its slot; free slots wait
- *   in the free_slots queue, which user space fills at load time and refills when it
- *   retires a namespace. Slot 0 holds what has no slot: namespace unknown, or the table
+ *   (struct netns_stats). netns_slots maps a namespace's cookie (net->net_cookie, which the
+ *   kernel never hands out twice, unlike inode numbers) to its slot and its inode; free slots
+ *   wait in the free_slots queue, which user space fills at load time and refills when it
+ *   retires a namespace. Without net_cookie in the kernel's BTF the key is the inode. Slot 0 holds what has no slot: namespace unknown, or the table
  *   full (counted as netns_full). A socket's slot is looked up once, when the program first
  *   sees it, and kept in its per-socket entry.
  *
@@ -137,6 +138,20 @@ struct tuple {
     u8 daddr[16];
 };
 
+/* Who a namespace is: the key of its slot (its cookie; its inode where the kernel has no
+ * net_cookie) and its inode, as /proc/PID/ns/net shows it. 0: unknown. */
+struct netns_id {
+    u64 cookie;
+    u32 inum;
+    u32 pad;
+};
+
+/* A namespace's slot in netns_stats, and its inode for user space. */
+struct netns_slot_value {
+    u32 slot;
+    u32 inum;
+};
+
 struct netns_stats {
     u64 transitions[NSTATES * NSTATES];       /* index from * NSTATES + to */
     u64 duration_slots[NSTATES * HIST_SLOTS]; /* index state * HIST_SLOTS + slot */
@@ -164,7 +179,7 @@ BPF_TABLE("lru_hash", u64, struct entered, socket_states, MAX_SOCKETS);
 BPF_TABLE("lru_hash", struct tuple, struct close_wait_value, close_wait_entered, MAX_SOCKETS);
 #endif
 BPF_PERCPU_ARRAY(netns_stats, struct netns_stats, MAX_NETNS);
-BPF_HASH(netns_slots, u32, u32, MAX_NETNS);
+BPF_HASH(netns_slots, u64, struct netns_slot_value, MAX_NETNS);
 BPF_QUEUE(free_slots, u32, MAX_NETNS);
 BPF_PERCPU_ARRAY(counters, u64, C_MAX);
 
@@ -203,57 +218,71 @@ static __always_inline void bump(u32 index)
         (*value)++;
 }
 
-/* The inode of the network namespace of a socket (or of a timewait or request socket: all
- * start with struct sock_common). 0 when unknown. */
-static __always_inline u32 sock_netns(const void *sk)
+/* Who a struct net is (typed reads in tp_btf, copies in tracepoint mode). */
+static __always_inline struct netns_id net_id(const void *net)
+{
+    struct netns_id id = {};
+#ifdef OFF_NS_INUM
+    if (!net)
+        return id;
+    id.inum = KREAD(u32, net, OFF_NS_INUM);
+#ifdef OFF_NET_COOKIE
+    id.cookie = KREAD(u64, net, OFF_NET_COOKIE);
+#else
+    id.cookie = id.inum;
+#endif
+#endif
+    return id;
+}
+
+/* The network namespace of a socket (or of a timewait or request socket: all start with
+ * struct sock_common). Zeros when unknown. */
+static __always_inline struct netns_id sock_netns(const void *sk)
 {
 #ifdef OFF_SKC_NET
-    if (!sk)
-        return 0;
-    const void *net = KREAD(const void *, sk, OFF_SKC_NET);
-    if (!net)
-        return 0;
-    return KREAD(u32, net, OFF_NS_INUM);
-#else
-    return 0;
+    if (sk)
+        return net_id(KREAD(const void *, sk, OFF_SKC_NET));
 #endif
+    struct netns_id none = {};
+    return none;
 }
 
 /* The namespace slot this CPU resolved last: connections come in runs within one namespace,
  * so this saves most netns_slots lookups. User space clears it on every CPU when it gives a
- * slot back (sources/bpf.py: release_stale_netns), after removing the inode from netns_slots. */
+ * slot back (sources/ebpf_maps.py: release_stale_netns), after removing the key from netns_slots. */
 struct netns_cached {
-    u32 inum;
+    u64 cookie;
     u32 slot;
+    u32 pad;
 };
 BPF_PERCPU_ARRAY(netns_last, struct netns_cached, 1);
 
 /* The slot of a namespace in netns_stats, taking a free one the first time it is seen. */
-static __always_inline u32 netns_slot(u32 inum)
+static __always_inline u32 netns_slot(struct netns_id id)
 {
-    if (!inum)
+    if (!id.cookie)
         return 0;
     u32 zero = 0;
     struct netns_cached *last = netns_last.lookup(&zero);
-    if (last && last->inum == inum)
+    if (last && last->cookie == id.cookie)
         return last->slot;
-    u32 fresh = 0;
-    u32 *slot = netns_slots.lookup(&inum);
-    if (slot) {
-        fresh = *slot;
-    } else if (free_slots.pop(&fresh) != 0) {
+    struct netns_slot_value fresh = {.inum = id.inum};
+    struct netns_slot_value *found = netns_slots.lookup(&id.cookie);
+    if (found) {
+        fresh.slot = found->slot;
+    } else if (free_slots.pop(&fresh.slot) != 0) {
         bump(C_NETNS_FULL);
         return 0;
-    } else if (netns_slots.insert(&inum, &fresh) != 0) {   /* another CPU inserted it first */
-        free_slots.push(&fresh, 0);
-        slot = netns_slots.lookup(&inum);
-        return slot ? *slot : 0;
+    } else if (netns_slots.insert(&id.cookie, &fresh) != 0) {   /* another CPU inserted it first */
+        free_slots.push(&fresh.slot, 0);
+        found = netns_slots.lookup(&id.cookie);
+        return found ? found->slot : 0;
     }
     if (last) {
-        last->inum = inum;
-        last->slot = fresh;
+        last->cookie = id.cookie;
+        last->slot = fresh.slot;
     }
-    return fresh;
+    return fresh.slot;
 }
 
 static __always_inline struct netns_stats *stats_of(u32 slot)
@@ -308,8 +337,7 @@ static __always_inline int port_tracked(u16 sport, u16 dport)
 struct tw_cancel {
     u64 timer;                /* a timewait timer cancelled just now on this CPU; 0: none */
     u64 age_ns;
-    u32 netns;
-    u32 pad;
+    struct netns_id netns;
 #ifdef EMIT_EVENTS
     u64 cookie;               /* who died, read while the socket was alive: for the trace */
     struct tuple tuple;
@@ -341,14 +369,20 @@ static __always_inline u64 tw_age(u64 timer, u64 function, u64 expires)
     return age > 0 ? (u64)age * TICK_NS : 1;
 }
 
-static __always_inline u32 tw_netns(u64 timer)
+static __always_inline struct netns_id tw_netns(u64 timer)
 {
     const void *net = 0;
-    u32 inum = 0;
+    struct netns_id id = {};
     bpf_probe_read_kernel(&net, sizeof(net), TW_FIELD(timer, OFF_SKC_NET));
-    if (net)
-        bpf_probe_read_kernel(&inum, sizeof(inum), net + OFF_NS_INUM);
-    return inum;
+    if (!net)
+        return id;
+    bpf_probe_read_kernel(&id.inum, sizeof(id.inum), net + OFF_NS_INUM);
+#ifdef OFF_NET_COOKIE
+    bpf_probe_read_kernel(&id.cookie, sizeof(id.cookie), net + OFF_NET_COOKIE);
+#else
+    id.cookie = id.inum;
+#endif
+    return id;
 }
 
 #ifdef EMIT_EVENTS
@@ -417,7 +451,7 @@ static __always_inline void tw_timer_cancelled(void *ctx, u64 timer, u64 functio
     cancelled->netns = tw_netns(timer);
 #ifdef EMIT_EVENTS
     tw_identity(timer, &cancelled->cookie, &cancelled->tuple);
-    cancelled->tuple.netns = cancelled->netns;
+    cancelled->tuple.netns = cancelled->netns.inum;
 #endif
 }
 
@@ -427,11 +461,11 @@ static __always_inline void tw_timer_expired(void *ctx, u64 timer, u64 function,
     u64 age = tw_age(timer, function, expires);
     if (!age)
         return;
-    u32 netns = tw_netns(timer);
+    struct netns_id netns = tw_netns(timer);
     observe(stats_of(netns_slot(netns)), TCP_TIME_WAIT, age);
 #ifdef EMIT_EVENTS
     u64 cookie = 0;
-    struct tuple t = {.netns = netns};
+    struct tuple t = {.netns = netns.inum};
     tw_identity(timer, &cookie, &t);
     tw_emit(ctx, age, cookie, &t);
 #endif
@@ -586,7 +620,7 @@ static __always_inline int needs_tuple(void)
 static __always_inline void on_identity(void *ctx, const struct change *c, struct tuple *t)
 {
     u32 oldstate = c->oldstate, newstate = c->newstate;
-    t->netns = sock_netns(c->sk);
+    t->netns = sock_netns(c->sk).inum;
 #ifndef ATTACH_TP_BTF
     if (c->close_wait_edge) {
         if (newstate == TCP_CLOSE_WAIT) {
@@ -663,12 +697,11 @@ int tp_btf_tcp_retransmit_skb(u64 *ctx)
 /* A reset for a packet no socket wanted has no sk: its namespace is the receiving device's. */
 int tp_btf_tcp_send_reset(u64 *ctx)
 {
-    u32 netns = sock_netns((const void *)ctx[0]);
+    struct netns_id netns = sock_netns((const void *)ctx[0]);
     const void *skb = (const void *)ctx[1];
-    if (!netns && skb) {
+    if (!netns.cookie && skb) {
         const void *dev = KREAD(const void *, skb, OFF_SKB_DEV);
-        const void *net = dev ? KREAD(const void *, dev, OFF_DEV_ND_NET) : 0;
-        netns = net ? KREAD(u32, net, OFF_NS_INUM) : 0;
+        netns = net_id(dev ? KREAD(const void *, dev, OFF_DEV_ND_NET) : 0);
     }
     count_in(netns_slot(netns), N_RESETS_SENT);
     return 0;
@@ -731,12 +764,11 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 
 TRACEPOINT_PROBE(tcp, tcp_send_reset)
 {
-    u32 netns = sock_netns(args->skaddr);
+    struct netns_id netns = sock_netns(args->skaddr);
 #ifdef OFF_SKB_DEV
-    if (!netns && args->skbaddr) {
+    if (!netns.cookie && args->skbaddr) {
         const void *dev = KREAD(const void *, args->skbaddr, OFF_SKB_DEV);
-        const void *net = dev ? KREAD(const void *, dev, OFF_DEV_ND_NET) : 0;
-        netns = net ? KREAD(u32, net, OFF_NS_INUM) : 0;
+        netns = net_id(dev ? KREAD(const void *, dev, OFF_DEV_ND_NET) : 0);
     }
 #endif
     count_in(netns_slot(netns), N_RESETS_SENT);

@@ -63,9 +63,10 @@ def _per_namespace(groups) -> tuple:
     transitions = CounterMetricFamily(
         "tcpwatch_state_transitions_total",
         "TCP state changes of full sockets seen by the eBPF program (sock:inet_sock_set_state) "
-        "per network namespace, since tcpwatch started or the namespace appeared. Timewait "
-        "sockets are not full sockets: entering TIME_WAIT shows as fin_wait2 -> close (or "
-        "closing -> close).",
+        "per network namespace, since tcpwatch started. A namespace no longer found has its "
+        "counts moved to netns=\"gone\"; those past --collector.netns.max-series count under "
+        "\"other\": no series goes down. Timewait sockets are not full sockets: entering "
+        "TIME_WAIT shows as fin_wait2 -> close (or closing -> close).",
         labels=["netns", "from", "to"])
     duration = HistogramMetricFamily(
         "tcpwatch_state_duration_seconds",

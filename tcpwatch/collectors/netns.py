@@ -84,9 +84,10 @@ def _names(snapshot) -> tuple:
 def _kernel_counters(groups) -> list:
     """The kernel's own TCP counters of every dumped namespace."""
     result = []
+    with_counters = [(label, totals) for label, totals in sorted(groups.by_label.items()) if totals.kernel]
     for name, group_name, field_name, text in _KERNEL_COUNTERS:
         family = CounterMetricFamily(name, text + " Per network namespace.", labels=["netns"])
-        for label, totals in groups.dumped():
+        for label, totals in with_counters:
             if group_name in totals.kernel:
                 family.add_metric([label], totals.kernel[group_name].get(field_name, 0))
         result.append(family)
@@ -100,7 +101,7 @@ def _kernel_counters(groups) -> list:
         "tcpwatch_connections_opened_total",
         "Connections opened per network namespace: active (connect(), Tcp ActiveOpens) and "
         "passive (accepted handshakes, Tcp PassiveOpens).", labels=["netns", "direction"])
-    for label, totals in groups.dumped():
+    for label, totals in with_counters:
         ext, tcp = totals.kernel.get("TcpExt"), totals.kernel.get("Tcp")
         if ext is not None:
             for reason, field_name in _ABORTS:

@@ -16,7 +16,7 @@ from . import btf, ebpf_load, ebpf_maps
 from .ebpf_load import (TRACEFS, TRACEPOINT, attach_tp_btf, bcc_importable, check_capabilities,  # noqa: F401
                         check_tracefs, effective_capabilities, missing_capabilities, program_text)
 from .ebpf_maps import TraceEvent, tuple_key  # noqa: F401
-from .ebpf_layout import (FIELDS, OWNER_FIELDS, TP_BTF_HOOKS, TP_BTF_TIMER_HOOKS, kernel_layout,  # noqa: F401
+from .ebpf_layout import (COOKIE_FIELDS, FIELDS, OWNER_FIELDS, TP_BTF_HOOKS, TP_BTF_TIMER_HOOKS, kernel_layout,  # noqa: F401
                           owner_layout)
 from .ebpf_plan import (ATTACH_MODES, DEFAULT_MAX_NETNS, AttachChoice, AttachModeUnavailable,  # noqa: F401
                         BpfUnavailable, Request, kernel_symbol, make_plan)
@@ -66,10 +66,10 @@ class BpfProgram:
         self._check_open()
         return self._maps.read()
 
-    def release_stale_netns(self, live_inodes) -> int:
+    def release_stale_netns(self, live_keys, live_inodes=()) -> int:
         """Give back the slots of namespaces that are gone (ebpf_maps.StaleSlots' rule)."""
         self._check_open()
-        return self._maps.release_stale_netns(live_inodes)
+        return self._maps.release_stale_netns(live_keys, live_inodes)
 
     def socket_owners(self, wanted_inodes=None) -> SocketOwners:
         if not self.has_owner_iterator:

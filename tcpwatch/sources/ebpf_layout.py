@@ -38,6 +38,9 @@ FIELDS = {
     "OFF_TW_TIMER": ("inet_timewait_sock", "tw_timer", None),   # only its start is used
     "OFF_TW_SUBSTATE": ("inet_timewait_sock", "tw_substate", 1),
 }
+# The namespace's cookie, the key of its counters (Linux 5.12+: a u64 the kernel never hands
+# out twice). Without it the program keys namespaces by inode, which the kernel reuses.
+COOKIE_FIELDS = {"OFF_NET_COOKIE": ("net", "net_cookie", 8)}
 # What the socket-owner iterator reads (OWNER_ITER in tcpstates.c), apart from FIELDS so that
 # a kernel lacking one loses only the iterator (owners then come from the /proc walk).
 OWNER_FIELDS = {
@@ -66,6 +69,11 @@ def kernel_layout(btf_path: str = btf.VMLINUX, hooks=TP_BTF_HOOKS + TP_BTF_TIMER
     types = load(btf_path)
     ids = {tracepoint: types.type_id(btf.TYPEDEF, f"btf_trace_{tracepoint}") for _fn, tracepoint in hooks}
     return _offsets(types, FIELDS), ids
+
+
+def cookie_layout(btf_path: str = btf.VMLINUX, load=btf.Btf.load) -> dict:
+    """-D offset of net->net_cookie; BtfError when this kernel has none."""
+    return _offsets(load(btf_path), COOKIE_FIELDS)
 
 
 def owner_layout(btf_path: str = btf.VMLINUX, load=btf.Btf.load) -> tuple:

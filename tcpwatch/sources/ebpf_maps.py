@@ -80,15 +80,16 @@ class StaleSlots:
     """
 
     def __init__(self):
-        self._suspects = {}   # slot -> (inode, counter words) when last found missing
+        self._suspects = {}   # slot -> (namespace, counter words) when last found missing
 
-    def to_release(self, slots: dict, live_inodes, words_of) -> list:
-        """Slots to release now. ``slots``: {slot: inode}; ``words_of(slot)``: its counters."""
+    def to_release(self, slots: dict, live, words_of) -> list:
+        """Slots to release now. ``slots``: {slot: its namespace}; ``live``: the namespaces
+        found now; ``words_of(slot)``: its counters."""
         previous, suspects, release = self._suspects, {}, []
-        for slot, inode in slots.items():
-            if inode in live_inodes:
+        for slot, namespace in slots.items():
+            if namespace in live:
                 continue
-            seen = (inode, words_of(slot))
+            seen = (namespace, words_of(slot))
             if previous.get(slot) == seen:
                 release.append(slot)
             else:
@@ -128,20 +129,22 @@ class ProgramMaps:
     def read(self) -> BpfReading:
         reading = BpfReading(attach_mode=self._attach.mode, attach_reason=self._attach.reason,
                              close_wait_by_cookie=self._socket_table is not None)
-        slots = self._slot_inodes()
-        for slot, inode in slots.items():
+        slots = self._slot_ids()
+        for slot, (key, inode) in slots.items():
             words = self._sum_stats(slot)
             if any(words):
-                reading.netns[inode] = decode_activity(words)
+                reading.netns[key] = decode_activity(words)
+                reading.netns_inodes[key] = inode
         reading.counters = dict(zip(COUNTERS, _sum_per_cpu(self._counters, len(COUNTERS))))
         reading.counters["netns_tracked"] = len(slots) - 1
         reading.close_wait_entered_ns = self._close_wait_entries()
         return reading
 
-    def _slot_inodes(self) -> dict:
-        """{slot: netns inode}; slot 0 is the unknown namespace, inode 0."""
-        slots = {0: 0}
-        slots.update((slot.value, inode.value) for inode, slot in self._slots.items())
+    def _slot_ids(self) -> dict:
+        """{slot: (key, inode)}: the namespace's key (its cookie, or its inode on kernels
+        without net_cookie) and inode; slot 0 is the unknown namespace, (0, 0)."""
+        slots = {0: (0, 0)}
+        slots.update((value.slot, (key.value, value.inum)) for key, value in self._slots.items())
         return slots
 
     def _close_wait_entries(self) -> dict:
@@ -177,15 +180,17 @@ class ProgramMaps:
             raise OSError(exc.errno, f"cannot read netns_stats[{slot}]: {exc.strerror}") from None
         return [sum(buffer[i::STATS_WORDS]) for i in range(STATS_WORDS)]
 
-    def release_stale_netns(self, live_inodes) -> int:
+    def release_stale_netns(self, live_keys, live_inodes=()) -> int:
         """Give back the slots of namespaces that are gone (StaleSlots' rule), for new ones to
-        take. Returns the number of slots released."""
-        slots = {slot: inode for slot, inode in self._slot_inodes().items() if slot}
-        release = self._stale.to_release(slots, live_inodes, self._sum_stats)
+        take: live are the namespaces whose key (cookie) is in ``live_keys``, or whose inode
+        is in ``live_inodes`` (found, but their cookie unknown). Returns the slots released."""
+        slots = {slot: ids for slot, ids in self._slot_ids().items() if slot}
+        live = {ids for ids in slots.values() if ids[0] in live_keys or ids[1] in live_inodes}
+        release = self._stale.to_release(slots, live, self._sum_stats)
         for slot in release:
-            # Order matters: unmap the inode first, so no new event resolves to the slot;
+            # Order matters: unmap the key first, so no new event resolves to the slot;
             # then forget it in every CPU's cache, zero its counters, and free it.
-            self._slots.__delitem__(self._slots.Key(slots[slot]))
+            self._slots.__delitem__(self._slots.Key(slots[slot][0]))
             sys_bpf.map_update(self._last_fd, ctypes.c_uint32(0), (ctypes.c_uint64 * self._ncpus)())
             sys_bpf.map_update(self._stats_fd, ctypes.c_uint32(slot),
                                (ctypes.c_uint64 * (STATS_WORDS * self._ncpus))())

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 from .. import histograms
 from . import btf
-from .ebpf_layout import TP_BTF_HOOKS, TP_BTF_TIMER_HOOKS, kernel_layout, owner_layout
+from .ebpf_layout import TP_BTF_HOOKS, TP_BTF_TIMER_HOOKS, cookie_layout, kernel_layout, owner_layout
 
 ATTACH_MODES = ("auto", "tp_btf", "tracepoint")
 MAX_SOCKETS_RANGE = (1, 1 << 24)     # --collector.bpf.max-sockets: LRU map entries
@@ -126,6 +126,7 @@ class Plan:
     owner_iterator_id: Optional[int] = None   # BTF id of bpf_iter_task_file, when compiled in
     no_owner_iterator: str = ""               # why not, when owners were wanted
     layout_error: str = ""                    # why BTF could not describe the program
+    netns_by_cookie: bool = False             # slots keyed by net_cookie (else by inode)
     notes: list = field(default_factory=list)   # (message, extra) warnings for the log
 
 
@@ -171,6 +172,8 @@ def make_plan(request: Request, env: Environment = Environment()) -> Plan:
         cflags.append("-DEMIT_EVENTS")
     if request.owner_iterator:
         cflags += _owner_iterator_flags(request, env, plan)
+    if offsets:
+        cflags += _cookie_flags(request, env, plan)
     cflags += [f"-D{name}={value}" for name, value in offsets.items()]
     plan.attempts = _attempts(request, plan, cflags, ids)
     return plan
@@ -194,6 +197,18 @@ def _time_wait_flags(request: Request, env: Environment, plan: Plan) -> list:
     plan.time_wait_tracked = True
     return ["-DTRACK_TIME_WAIT", f"-DTW_TIMER_HANDLER={handler:#x}ULL", f"-DTICK_NS={tick_ns}ULL",
             f"-DTW_LEN_JIFFIES={TCP_TIMEWAIT_LEN_NS // tick_ns}LL"]
+
+
+def _cookie_flags(request: Request, env: Environment, plan: Plan) -> list:
+    """Key namespaces by net_cookie where the kernel has one (else by inode, which it reuses)."""
+    try:
+        offsets = cookie_layout(request.btf_path, load=env.load_btf)
+    except btf.BtfError as exc:
+        plan.notes.append(("ebpf: namespaces are told apart by inode, which the kernel reuses "
+                           "(no net_cookie in its BTF)", {"reason": str(exc)}))
+        return []
+    plan.netns_by_cookie = True
+    return [f"-D{name}={value}" for name, value in offsets.items()]
 
 
 def _owner_iterator_flags(request: Request, env: Environment, plan: Plan) -> list:

@@ -19,6 +19,8 @@ import ctypes
 import errno
 import logging
 import os
+import socket
+import struct
 from dataclasses import dataclass, field
 
 from . import inet_diag
@@ -125,6 +127,7 @@ class Handles:
     diag: object                 # a NETLINK_SOCK_DIAG socket
     files: dict                  # name -> fd of a counter file
     port_range: int = -1         # fd of ip_local_port_range, -1 if it could not be opened
+    cookie: int = 0              # the namespace's cookie (never reused); 0: unknown (Linux < 5.14)
 
     def close(self) -> None:
         self.diag.close()
@@ -249,7 +252,21 @@ def _open_here(inode: int) -> Handles:
         for fd in files.values():
             os.close(fd)
         raise
-    return Handles(inode, diag, files, port_range)
+    return Handles(inode, diag, files, port_range, netns_cookie(diag))
+
+
+SO_NETNS_COOKIE = 71   # include/uapi/asm-generic/socket.h, Linux 5.14+
+
+
+def netns_cookie(sock) -> int:
+    """The cookie of the namespace ``sock`` was made in: unlike its inode, never handed out
+    twice. Handles are kept open from a namespace's discovery until it is gone, which pins
+    the namespace, so its inode cannot pass to another one while its handles are cached;
+    when they are retired and the inode shows up again, new handles read the new cookie."""
+    try:
+        return struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+    except OSError:
+        return 0
 
 
 def parse_counters(text: str) -> dict:
