@@ -116,7 +116,7 @@ class InProcess:
 
     @classmethod
     def tcpwatch(cls, mode, time_wait):
-        program = bpf.BpfProgram(attach=mode, track_time_wait=time_wait)
+        program = bpf.BpfProgram(attach=mode, track_time_wait=time_wait, in_process=True)
         classic = {} if mode == "tp_btf" else {
             tp.decode(): fn for tp, fn in ((tp, _classic_function(tp)) for tp in program.bpf.tracepoint_fds)}
         loaded = program.loaded

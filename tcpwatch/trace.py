@@ -31,7 +31,8 @@ def trace(args) -> int:
     try:
         # Only the ladder follows timewait sockets to their end (their timers' tracepoints).
         program = bpf.BpfProgram(max_sockets=65536, port_range=(args.port, args.port) if args.port else None,
-                                 track_time_wait=args.ladder, emit_events=True, attach=args.attach)
+                                 track_time_wait=args.ladder, emit_events=True, attach=args.attach,
+                                 in_process=True)   # its events are read through bcc
     except bpf.BpfUnavailable as exc:
         raise ConfigError(f"trace needs eBPF: {exc}") from None
     from .namespace_dumps import NamespaceDumper

@@ -4,6 +4,7 @@ The facade its callers use (cli, doctor, trace, tests, benches), over three part
   ebpf_layout.py what the program reads from the kernel: struct fields and tracepoints (BTF)
   ebpf_plan.py   what will be tried: -D flags, kernel offsets from BTF, attach attempts (no bcc)
   ebpf_load.py   compile with bcc and attach; owns the fds (the only module importing bcc)
+  ebpf_compile.py  the same in a short-lived child that passes the fds back (the daemon's way)
   ebpf_maps.py   the maps, read at scrape time (per-CPU values summed, nothing per event)
 Two attach modes: tp_btf (BTF-typed raw tracepoints) and the classic tracepoints, the fallback.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from . import btf, ebpf_load, ebpf_maps
+from . import btf, ebpf_compile, ebpf_load, ebpf_maps
 from .ebpf_load import (TRACEFS, TRACEPOINT, attach_tp_btf, bcc_importable, check_capabilities,  # noqa: F401
                         check_tracefs, effective_capabilities, missing_capabilities, program_text)
 from .ebpf_maps import TraceEvent, tuple_key  # noqa: F401
@@ -26,40 +27,54 @@ log = logging.getLogger(__name__)
 
 
 class BpfProgram:
-    """The loaded program. ``close()`` detaches everything; call it, atexit does not run on signals."""
+    """The loaded program. ``close()`` detaches everything; call it, atexit does not run on signals.
+
+    By default bcc compiles in a short-lived child (ebpf_compile.py) and this process keeps
+    only the fds: it never maps LLVM. ``in_process=True`` compiles here instead (trace reads
+    its events through bcc's perf buffer; the benches reattach programs)."""
 
     def __init__(self, max_sockets: int = 65536, port_range=None, track_time_wait: bool = True,
                  emit_events: bool = False, attach: str = "auto", max_netns: int = DEFAULT_MAX_NETNS,
-                 btf_path: str = btf.VMLINUX, owner_iterator: bool = False):
+                 btf_path: str = btf.VMLINUX, owner_iterator: bool = False, in_process: bool = False):
         request = Request(max_sockets, port_range, track_time_wait, emit_events, attach, max_netns,
                           btf_path, owner_iterator)
         plan = make_plan(request)
         for message, extra in plan.notes:
             log.warning(message, extra=extra)
-        self.loaded = ebpf_load.load(request, plan)
+        if in_process:
+            self.loaded = ebpf_load.load_here(request, plan)
+            ebpf_load.release_compiler_memory()
+        else:
+            check_capabilities()
+            self.loaded = ebpf_compile.load_in_child(request, plan)
+        for level, message, extra in self.loaded.notes:
+            log.log(logging.WARNING if level == "warning" else logging.INFO, message, extra=extra)
         self.attach: AttachChoice = self.loaded.attach
+        self.headers = plan.headers
         self.time_wait_tracked = plan.time_wait_tracked
         self.max_netns = plan.max_netns
         self.socket_slots = plan.socket_slots
         try:
-            self._maps = ebpf_maps.ProgramMaps(self.loaded, self.attach.mode, plan.socket_slots, plan.max_netns)
+            self._maps = ebpf_maps.ProgramMaps(self.loaded.maps(), self.attach, self.loaded.owner_link,
+                                               plan.socket_slots, plan.max_netns)
         except Exception:
             self.loaded.close()
             raise
         self._events_open = False
+        self._closed = False
 
     @property
     def bpf(self):
-        """bcc's module, or None once closed."""
+        """bcc's module when compiled in this process, else None."""
         return self.loaded.bpf
 
     @property
     def has_owner_iterator(self) -> bool:
         """The socket-owner iterator is attached: ``socket_owners`` works."""
-        return self.bpf is not None and self._maps.has_owner_iterator
+        return not self._closed and self._maps.has_owner_iterator
 
     def _check_open(self) -> None:
-        if self.bpf is None:   # never touch map fds that were closed: they may be reused
+        if self._closed:   # never touch map fds that were closed: they may be reused
             raise BpfUnavailable("the eBPF program is detached")
 
     def read(self) -> BpfReading:
@@ -77,7 +92,8 @@ class BpfProgram:
         return self._maps.socket_owners(wanted_inodes)
 
     def poll_events(self, callback, timeout_ms: int = 200) -> None:
-        """For ``tcpwatch trace`` only: per-event output through the perf buffer."""
+        """For ``tcpwatch trace`` only (in_process=True): per-event output through bcc's
+        perf buffer."""
         import ctypes
 
         if not self._events_open:
@@ -89,5 +105,6 @@ class BpfProgram:
         self.bpf.perf_buffer_poll(timeout=timeout_ms)
 
     def close(self) -> None:
+        self._closed = True
         self._maps.close()
         self.loaded.close()

@@ -1,6 +1,8 @@
 """Compile the program with bcc and attach it, following a Plan (ebpf_plan.py); the
 resulting LoadedProgram owns every fd: bcc's module, tp_btf programs and links, the
 socket-owner iterator. The only module that imports bcc (the distribution's python3-bpfcc).
+The daemon runs this in a short-lived child (ebpf_compile.py) and keeps only the fds;
+``tcpwatch trace`` and the benches run it in their own process.
 
 tp_btf: bcc 0.26 cannot load these itself (it derives a tracing program's attach type from
 its name prefix and has none for tp_btf). So bcc compiles them, and each function's
@@ -17,17 +19,25 @@ import os
 from importlib import resources
 
 from . import ebpf_syscall as sys_bpf
-from .ebpf_plan import AttachChoice, BpfUnavailable, Plan, Request, after_refusal
+from .ebpf_plan import BUNDLED, AttachChoice, BpfUnavailable, Plan, Request, after_refusal
 
 log = logging.getLogger("tcpwatch.sources.bpf")
 
 TRACEFS = "/sys/kernel/tracing"
+# The maps the daemon reads or writes, by name (tcpstates.c); events only with EMIT_EVENTS.
+MAP_NAMES = ("netns_stats", "netns_last", "netns_slots", "free_slots", "counters", "socket_table",
+             "close_wait_entered", "events")
 TRACEPOINT = "sock/inet_sock_set_state"
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 
 def program_text() -> str:
     return resources.files("tcpwatch.bpf").joinpath("tcpstates.c").read_text()
+
+
+def headers_dir() -> str:
+    """The bundled include tree, as an absolute path (bcc chdirs into BCC_KERNEL_SOURCE)."""
+    return os.path.abspath(str(resources.files("tcpwatch.bpf").joinpath("headers")))
 
 
 class LoadedProgram:
@@ -39,6 +49,22 @@ class LoadedProgram:
         self.prog_fds = []
         self.owner_link = None   # the socket-owner iterator's link fd, when attached
         self.attach = None       # AttachChoice
+        self.notes = []          # (level, message, extra) for the log of whoever asked
+
+    def maps(self) -> dict:
+        """{name: fd} of the maps of MAP_NAMES this program has (the fds stay bcc's)."""
+        found = {}
+        for name in MAP_NAMES:
+            try:
+                found[name] = self.bpf[name.encode()].map_fd
+            except KeyError:
+                continue
+        return found
+
+    @property
+    def perf_fds(self) -> list:
+        """The classic tracepoints' perf events, which hold their programs attached."""
+        return list(self.bpf.tracepoint_fds.values()) if self.bpf is not None else []
 
     def close(self) -> None:
         for fd in self.links + self.prog_fds:   # links first: closing one detaches its program
@@ -57,12 +83,14 @@ def bcc_importable() -> bool:
     return True
 
 
-def load(request: Request, plan: Plan) -> LoadedProgram:
-    """Try the plan's attempts in order; the first that loads is kept. BpfUnavailable (or
-    AttachModeUnavailable) with the reason when none does."""
+def load_here(request: Request, plan: Plan) -> LoadedProgram:
+    """Try the plan's attempts in order, in this process; the first that loads is kept.
+    BpfUnavailable (or AttachModeUnavailable) with the reason when none does."""
     check_capabilities()
     if not bcc_importable():
         raise BpfUnavailable("bcc is not importable; install python3-bpfcc (Fedora/RHEL: python3-bcc)")
+    if plan.headers == BUNDLED:
+        os.environ["BCC_KERNEL_SOURCE"] = headers_dir()
     loaded = LoadedProgram()
     attempt = plan.attempts[0]
     while True:
@@ -79,14 +107,13 @@ def load(request: Request, plan: Plan) -> LoadedProgram:
     if attempt.detail:
         lost = ("; without BTF there are no namespace inodes (netns 0) and no time_wait timing"
                 if plan.layout_error else "")
-        log.warning("ebpf: tp_btf not used, attached to the classic tracepoints" + lost,
-                    extra={"reason": attempt.detail})
+        loaded.notes.append(("warning", "ebpf: tp_btf not used, attached to the classic tracepoints" + lost,
+                             {"reason": attempt.detail}))
     if plan.owner_iterator_id is not None:
         _attach_owner_iterator(loaded, plan.owner_iterator_id)
     elif plan.no_owner_iterator:
-        log.info("socket owners come from the /proc walk, not the eBPF iterator",
-                 extra={"reason": plan.no_owner_iterator})
-    _release_compiler_memory()
+        loaded.notes.append(("info", "socket owners come from the /proc walk, not the eBPF iterator",
+                             {"reason": plan.no_owner_iterator}))
     return loaded
 
 
@@ -137,21 +164,21 @@ def _attach_owner_iterator(loaded: LoadedProgram, iterator_id: int) -> None:
         prog_fd = sys_bpf.load_tracing(loaded.bpf.dump_func(b"socket_owners"), "socket_owners",
                                        sys_bpf.BPF_TRACE_ITER, iterator_id)
     except sys_bpf.ProgramRefused as exc:
-        log.warning("socket owners come from the /proc walk: the iterator did not load",
-                    extra={"reason": str(exc)})
+        loaded.notes.append(("warning", "socket owners come from the /proc walk: the iterator did not load",
+                             {"reason": str(exc)}))
         return
     loaded.prog_fds.append(prog_fd)
     try:
         link = sys_bpf.link_create_iterator(prog_fd)
     except sys_bpf.BpfCallFailed as exc:
-        log.warning("socket owners come from the /proc walk: the iterator did not attach",
-                    extra={"reason": exc.strerror})
+        loaded.notes.append(("warning", "socket owners come from the /proc walk: the iterator did not attach",
+                             {"reason": exc.strerror}))
         return
     loaded.links.append(link)
     loaded.owner_link = link
 
 
-def _release_compiler_memory() -> None:
+def release_compiler_memory() -> None:
     """LLVM leaves tens of MB of freed heap behind after compiling; give it back."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -13,6 +13,7 @@ import mmap
 import os
 import socket
 import struct
+import sys
 
 from .. import histograms, states
 from ..model import BpfReading, NetnsActivity, SocketOwners
@@ -27,6 +28,9 @@ STATS_WORDS = NSTATES * NSTATES + NSTATES * HIST_SLOTS + NSTATES + len(NETNS_COU
 # struct entered of tcpstates.c in tp_btf mode: cookie, state, namespace slot, entry ns.
 SOCKET_ROW = struct.Struct("<QIIQ")
 SOCKET_OWNER = struct.Struct("=IIQ16s")   # struct socket_owner: tgid, pad, inode, comm
+SLOT_VALUE = struct.Struct("=II")          # struct netns_slot_value: slot, inode
+TUPLE = struct.Struct("=HHHxxI4x16s16s")   # struct tuple: family, sport, dport, netns, saddr, daddr
+CLOSE_WAIT_VALUE = struct.Struct("=QI4x")  # struct close_wait_value: ns, netns
 
 
 class _Tuple(ctypes.Structure):
@@ -99,27 +103,22 @@ class StaleSlots:
 
 
 class ProgramMaps:
-    """The maps of a LoadedProgram (ebpf_load.py), read and written by fd."""
+    """The maps of a loaded program, read and written by fd with raw bpf(2) calls: the same
+    whether bcc compiled in this process or in a child (ebpf_load.py). ``maps``: {name: fd};
+    the fds stay the loader's."""
 
-    def __init__(self, loaded, attach_mode: str, socket_slots: int, max_netns: int):
-        module = loaded.bpf
-        self._free = module[b"free_slots"]
-        for slot in range(1, max_netns):
-            self._free.push(ctypes.c_uint32(slot))
-        self._attach = loaded.attach
-        self._owner_link = loaded.owner_link
-        self._stats_fd = module[b"netns_stats"].map_fd
-        self._last_fd = module[b"netns_last"].map_fd
-        self._slots = module[b"netns_slots"]
-        self._counters = module[b"counters"]
+    def __init__(self, maps: dict, attach, owner_link, socket_slots: int, max_netns: int):
+        self._maps = maps
+        self._attach = attach
+        self._owner_link = owner_link
         self._stale = StaleSlots()
         self._ncpus = sys_bpf.possible_cpus()
-        self._socket_table, self._close_wait = None, None
-        if attach_mode == "tp_btf":   # the socket table, mapped read-only
-            self._socket_table = mmap.mmap(module[b"socket_table"].map_fd, socket_slots * SOCKET_ROW.size,
+        for slot in range(1, max_netns):
+            sys_bpf.map_push(maps["free_slots"], ctypes.c_uint32(slot))
+        self._socket_table = None
+        if attach.mode == "tp_btf":   # the socket table, mapped read-only
+            self._socket_table = mmap.mmap(maps["socket_table"], socket_slots * SOCKET_ROW.size,
                                            mmap.MAP_SHARED, mmap.PROT_READ)
-        else:
-            self._close_wait = module[b"close_wait_entered"]
 
     def close(self) -> None:
         if self._socket_table is not None:
@@ -135,7 +134,7 @@ class ProgramMaps:
             if any(words):
                 reading.netns[key] = decode_activity(words)
                 reading.netns_inodes[key] = inode
-        reading.counters = dict(zip(COUNTERS, _sum_per_cpu(self._counters, len(COUNTERS))))
+        reading.counters = dict(zip(COUNTERS, self._sum_counters()))
         reading.counters["netns_tracked"] = len(slots) - 1
         reading.close_wait_entered_ns = self._close_wait_entries()
         return reading
@@ -144,17 +143,30 @@ class ProgramMaps:
         """{slot: (key, inode)}: the namespace's key (its cookie, or its inode on kernels
         without net_cookie) and inode; slot 0 is the unknown namespace, (0, 0)."""
         slots = {0: (0, 0)}
-        slots.update((value.slot, (key.value, value.inum)) for key, value in self._slots.items())
+        fd, value = self._maps["netns_slots"], ctypes.create_string_buffer(SLOT_VALUE.size)
+        for raw in sys_bpf.map_keys(fd, 8):
+            try:
+                sys_bpf.map_lookup(fd, ctypes.create_string_buffer(raw, 8), value)
+            except sys_bpf.BpfCallFailed:
+                continue   # released meanwhile
+            slot, inode = SLOT_VALUE.unpack(value.raw)
+            slots[slot] = (int.from_bytes(raw, sys.byteorder), inode)
         return slots
 
     def _close_wait_entries(self) -> dict:
         if self._socket_table is not None:
             return self._close_wait_rows()
-        entered = {}
-        for key, value in self._close_wait.items():
-            length = 4 if key.family == socket.AF_INET else 16
-            entered[tuple_key(key.netns, key.family, key.sport, key.dport, bytes(key.saddr)[:length],
-                              bytes(key.daddr)[:length])] = value.ns
+        entered, fd = {}, self._maps["close_wait_entered"]
+        value = ctypes.create_string_buffer(CLOSE_WAIT_VALUE.size)
+        for raw in sys_bpf.map_keys(fd, TUPLE.size):
+            try:
+                sys_bpf.map_lookup(fd, ctypes.create_string_buffer(raw, TUPLE.size), value)
+            except sys_bpf.BpfCallFailed:
+                continue
+            family, sport, dport, netns, saddr, daddr = TUPLE.unpack(raw)
+            length = 4 if family == socket.AF_INET else 16
+            entered[tuple_key(netns, family, sport, dport, saddr[:length], daddr[:length])] = \
+                CLOSE_WAIT_VALUE.unpack(value.raw)[0]
         return entered
 
     def _close_wait_rows(self) -> dict:
@@ -175,7 +187,7 @@ class ProgramMaps:
         """One namespace slot of netns_stats, summed over CPUs, as u64 words."""
         buffer = (ctypes.c_uint64 * (STATS_WORDS * self._ncpus))()
         try:
-            sys_bpf.map_lookup(self._stats_fd, ctypes.c_uint32(slot), buffer)
+            sys_bpf.map_lookup(self._maps["netns_stats"], ctypes.c_uint32(slot), buffer)
         except sys_bpf.BpfCallFailed as exc:
             raise OSError(exc.errno, f"cannot read netns_stats[{slot}]: {exc.strerror}") from None
         return [sum(buffer[i::STATS_WORDS]) for i in range(STATS_WORDS)]
@@ -190,12 +202,21 @@ class ProgramMaps:
         for slot in release:
             # Order matters: unmap the key first, so no new event resolves to the slot;
             # then forget it in every CPU's cache, zero its counters, and free it.
-            self._slots.__delitem__(self._slots.Key(slots[slot][0]))
-            sys_bpf.map_update(self._last_fd, ctypes.c_uint32(0), (ctypes.c_uint64 * self._ncpus)())
-            sys_bpf.map_update(self._stats_fd, ctypes.c_uint32(slot),
+            sys_bpf.map_delete(self._maps["netns_slots"], ctypes.c_uint64(slots[slot][0]))
+            sys_bpf.map_update(self._maps["netns_last"], ctypes.c_uint32(0),
+                               (ctypes.c_uint64 * (2 * self._ncpus))())
+            sys_bpf.map_update(self._maps["netns_stats"], ctypes.c_uint32(slot),
                                (ctypes.c_uint64 * (STATS_WORDS * self._ncpus))())
-            self._free.push(ctypes.c_uint32(slot))
+            sys_bpf.map_push(self._maps["free_slots"], ctypes.c_uint32(slot))
         return len(release)
+
+    def _sum_counters(self) -> list:
+        """The program-wide per-CPU counters, summed over CPUs, in COUNTERS order."""
+        values, buffer = [], (ctypes.c_uint64 * self._ncpus)()
+        for index in range(len(COUNTERS)):
+            sys_bpf.map_lookup(self._maps["counters"], ctypes.c_uint32(index), buffer)
+            values.append(sum(buffer))
+        return values
 
     @property
     def has_owner_iterator(self) -> bool:
@@ -235,9 +256,4 @@ def _owners_of(records: bytes, wanted_inodes) -> SocketOwners:
     return result
 
 
-def _sum_per_cpu(table, size: int) -> list:
-    """Per-CPU array values summed over CPUs, in key order."""
-    values = [0] * size
-    for key, per_cpu in table.items():
-        values[key.value] = sum(per_cpu)
-    return values
+

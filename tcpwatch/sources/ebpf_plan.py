@@ -11,6 +11,7 @@ facts so that tests give a fake or saved BTF. The checks of the eBPF flags live 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,10 @@ from . import btf
 from .ebpf_layout import TP_BTF_HOOKS, TP_BTF_TIMER_HOOKS, cookie_layout, kernel_layout, owner_layout
 
 ATTACH_MODES = ("auto", "tp_btf", "tracepoint")
+# Where bcc finds the few headers it includes: tcpwatch's own tree (bpf/headers, 2 KB) where
+# the kernel has BTF, since the program takes no layout from headers; the kernel's headers
+# (/lib/modules/$(uname -r)/build) on kernels without BTF, as bcc does by default.
+BUNDLED, KERNEL_HEADERS = "bundled", "kernel"
 MAX_SOCKETS_RANGE = (1, 1 << 24)     # --collector.bpf.max-sockets: LRU map entries
 MAX_NETNS_RANGE = (2, 1 << 16)       # --collector.bpf.max-netns: slot 0 is for the unknown
 DEFAULT_MAX_NETNS = 128
@@ -127,6 +132,7 @@ class Plan:
     no_owner_iterator: str = ""               # why not, when owners were wanted
     layout_error: str = ""                    # why BTF could not describe the program
     netns_by_cookie: bool = False             # slots keyed by net_cookie (else by inode)
+    headers: str = BUNDLED                    # what bcc compiles against: bundled, or kernel (no BTF)
     notes: list = field(default_factory=list)   # (message, extra) warnings for the log
 
 
@@ -166,7 +172,8 @@ def make_plan(request: Request, env: Environment = Environment()) -> Plan:
         offsets, ids = kernel_layout(request.btf_path, load=env.load_btf)
     except btf.BtfError as exc:
         layout_error = str(exc)
-    plan = Plan([], slots, request.max_netns, False, layout_error=layout_error)
+    plan = Plan([], slots, request.max_netns, False, layout_error=layout_error,
+                headers=KERNEL_HEADERS if layout_error else BUNDLED)
     cflags += _time_wait_flags(request, env, plan)
     if request.emit_events:
         cflags.append("-DEMIT_EVENTS")
@@ -250,3 +257,23 @@ def after_refusal(request: Request, plan: Plan, refused: Attempt, why: str) -> A
         raise BpfUnavailable(why)
     nxt = later[0]
     return Attempt(nxt.mode, nxt.reason, nxt.cflags, nxt.hooks, why)
+
+
+def request_to_json(request: Request) -> dict:
+    return dataclasses.asdict(request)
+
+
+def request_from_json(data: dict) -> Request:
+    port_range = tuple(data["port_range"]) if data.get("port_range") else None
+    return Request(**{**data, "port_range": port_range})
+
+
+def plan_to_json(plan: Plan) -> dict:
+    """The plan as the compile child gets it (ebpf_load.load_in_child)."""
+    return dataclasses.asdict(plan)
+
+
+def plan_from_json(data: dict) -> Plan:
+    attempts = [Attempt(a["mode"], a["reason"], tuple(a["cflags"]), tuple(tuple(h) for h in a["hooks"]), a["detail"])
+                for a in data["attempts"]]
+    return Plan(**{**data, "attempts": attempts, "notes": [tuple(n) for n in data["notes"]]})

@@ -18,6 +18,8 @@ log = logging.getLogger("tcpwatch.sources.bpf")
 SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_LOAD = 5
 BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_LINK_CREATE = 28
@@ -54,6 +56,38 @@ def map_update(map_fd: int, key, value) -> None:
     attr = ctypes.create_string_buffer(struct.pack("IIQQQ", map_fd, 0, ctypes.addressof(key),
                                                    ctypes.addressof(value), 0), 32)
     bpf(BPF_MAP_UPDATE_ELEM, attr, 32)
+
+
+def map_delete(map_fd: int, key) -> None:
+    attr = ctypes.create_string_buffer(struct.pack("IIQQQ", map_fd, 0, ctypes.addressof(key), 0, 0), 32)
+    bpf(BPF_MAP_DELETE_ELEM, attr, 32)
+
+
+def map_push(map_fd: int, value) -> None:
+    """Push ``value`` on a queue map (an update with no key)."""
+    attr = ctypes.create_string_buffer(struct.pack("IIQQQ", map_fd, 0, 0, ctypes.addressof(value), 0), 32)
+    bpf(BPF_MAP_UPDATE_ELEM, attr, 32)
+
+
+def map_keys(map_fd: int, key_size: int) -> list:
+    """Every key of a hash map, as bytes. A key deleted meanwhile makes the kernel start
+    over; keys already seen end the walk, so it is bounded by the map's size."""
+    keys, seen = [], set()
+    key, following = None, ctypes.create_string_buffer(key_size)
+    while True:
+        attr = ctypes.create_string_buffer(struct.pack(
+            "IIQQQ", map_fd, 0, ctypes.addressof(key) if key is not None else 0, ctypes.addressof(following), 0), 32)
+        try:
+            bpf(BPF_MAP_GET_NEXT_KEY, attr, 32)
+        except BpfCallFailed as exc:
+            if exc.errno == errno.ENOENT:
+                return keys
+            raise
+        if following.raw in seen:
+            return keys
+        seen.add(following.raw)
+        keys.append(following.raw)
+        key = ctypes.create_string_buffer(following.raw, key_size)
 
 
 def raw_tracepoint_open(prog_fd: int) -> int:
