@@ -10,7 +10,7 @@ import sys
 from .sources import bpf, btf
 
 
-def _checks():
+def _checks(btf_path: str):
     release = platform.release()
     major, minor = (int(x) for x in release.split(".")[:2]) if release[0].isdigit() else (0, 0)
     yield ("kernel 4.16 or later (the tracepoint)", (major, minor) >= (4, 16),
@@ -19,14 +19,24 @@ def _checks():
            "run as root, or grant CAP_BPF, CAP_PERFMON (and CAP_SYS_RESOURCE on kernels before 5.11)")
     yield ("bcc Python bindings importable", bpf.bcc_importable(),
            "apt-get install python3-bpfcc (Fedora/RHEL: python3-bcc); never pip install bcc")
-    build = f"/lib/modules/{release}/build"
-    yield (f"kernel headers at {build}",
-           os.path.exists(f"{build}/include/generated/autoconf.h"),
-           f"apt-get install linux-headers-{release} (or run `make run`, which links the "
-           "distribution's headers: safe, no struct offset is taken from them)")
+    yield _headers_check(release, btf_path)
     yield ("tw_timer_handler in /proc/kallsyms (TIME_WAIT durations)",
            bpf.kernel_symbol("tw_timer_handler") is not None,
            "set kernel.kptr_restrict=0 or run as root; without it TIME_WAIT is not timed")
+
+
+def _headers_check(release: str, btf_path: str) -> tuple:
+    """Kernel headers are needed only where the kernel has no BTF (the classic tracepoints
+    then compile against them); elsewhere tcpwatch's bundled include tree is used."""
+    try:
+        bpf.kernel_layout(btf_path)
+        return ("kernel headers not needed: the kernel's BTF describes the program (bundled headers)", True, "")
+    except btf.BtfError:
+        build = f"/lib/modules/{release}/build"
+        return (f"kernel headers at {build} (no usable BTF: the classic tracepoints compile against them)",
+                os.path.exists(f"{build}/include/generated/autoconf.h"),
+                f"apt-get install linux-headers-{release} (or run `make run`, which links the "
+                "distribution's headers: safe, no struct offset is taken from them)")
 
 
 def _optional_checks(btf_path: str):
@@ -53,7 +63,7 @@ def _has_bpf_privilege() -> bool:
 
 def doctor(btf_path: str = btf.VMLINUX) -> int:
     ok_all = True
-    for name, ok, fix in _checks():
+    for name, ok, fix in _checks(btf_path):
         print(f"[{'pass' if ok else 'FAIL'}] {name}" + ("" if ok else f"\n       fix: {fix}"))
         ok_all = ok_all and ok
     for name, ok, fix in _optional_checks(btf_path):
@@ -61,9 +71,10 @@ def doctor(btf_path: str = btf.VMLINUX) -> int:
     if ok_all:
         try:
             program = bpf.BpfProgram(max_sockets=1024, btf_path=btf_path)
-            choice = program.attach
+            choice, headers = program.attach, program.headers
             program.close()
-            print(f"[pass] the eBPF program compiles, loads and detaches: attach mode {choice.mode}")
+            print(f"[pass] the eBPF program compiles, loads and detaches: attach mode {choice.mode}, "
+                  f"{headers} headers")
             if choice.detail:
                 print(f"       {choice.mode} is the fallback ({choice.reason}): {choice.detail}")
         except bpf.BpfUnavailable as exc:

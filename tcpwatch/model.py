@@ -125,6 +125,7 @@ class BpfReading:
 
     attach_mode: str = ""                                      # tp_btf or tracepoint
     attach_reason: str = ""                                    # why that mode (one word)
+    headers: str = ""                                          # bundled or kernel: what bcc compiled against
     netns: dict = field(default_factory=dict)                  # netns key (cookie; 0: unknown) -> NetnsActivity
     netns_inodes: dict = field(default_factory=dict)           # netns key -> its inode
     counters: dict = field(default_factory=dict)               # program-wide: name -> count

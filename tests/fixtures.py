@@ -45,7 +45,7 @@ def hand_built_reading():
     slots = [0] * histograms.SLOTS
     slots[20 - histograms.FIRST_SLOT] = 4
     return BpfReading(
-        attach_mode="tp_btf", attach_reason="btf",
+        attach_mode="tp_btf", attach_reason="btf", headers="bundled",
         netns={HOST_COOKIE: NetnsActivity(
             transitions=Counter({(states.CLOSE, states.SYN_SENT): 5, (states.SYN_SENT, states.ESTABLISHED): 4,
                                  (states.SYN_SENT, states.CLOSE): 1, (states.ESTABLISHED, states.SYN_SENT): 0}),

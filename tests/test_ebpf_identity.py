@@ -186,7 +186,7 @@ def test_close_wait_age_follows_a_4_tuple_reused_by_a_new_socket(attach, two_net
 def test_default_mode_is_tp_btf_where_the_kernel_has_btf(two_netns):
     daemon = Daemon("--ebpf", "on", netns=two_netns[0])
     try:
-        assert value(daemon.scrape(), "tcpwatch_ebpf_attach_info", mode="tp_btf", reason="btf") == 1
+        assert value(daemon.scrape(), "tcpwatch_ebpf_attach_info", mode="tp_btf", reason="btf", headers="bundled") == 1
     finally:
         assert daemon.stop() == 0
 
@@ -211,7 +211,7 @@ def test_auto_without_btf_falls_back_to_tracepoints_with_one_warning(two_netns):
         leak = Workload("leak", netns=a, comm="cw_nobtf", **{"listen-port": 21831})
         time.sleep(1.0)
         samples = daemon.scrape()
-        assert value(samples, "tcpwatch_ebpf_attach_info", mode="tracepoint", reason="no_btf") == 1
+        assert value(samples, "tcpwatch_ebpf_attach_info", mode="tracepoint", reason="no_btf", headers="kernel") == 1
         assert value(samples, "tcpwatch_state_transitions_total", **{"from": "established", "to": "close_wait"}) == 1
         assert 0.9 <= value(samples, "tcpwatch_state_oldest_age_seconds", state="close_wait",
                             process="cw_nobtf") <= 2.5

@@ -35,9 +35,11 @@ def _program_wide(reading) -> tuple:
         "Always 1: how the eBPF program is attached. mode: tp_btf (BTF-typed raw tracepoints) "
         "or tracepoint (the classic ones, the fallback). reason: requested "
         "(--collector.bpf.attach), btf (auto, the kernel has BTF), no_btf (auto, no usable "
-        "BTF), tp_btf_refused (auto, the kernel refused tp_btf; the log says why).",
-        labels=["mode", "reason"])
-    attach.add_metric([reading.attach_mode, reading.attach_reason], 1.0)
+        "BTF), tp_btf_refused (auto, the kernel refused tp_btf; the log says why). headers: "
+        "bundled (tcpwatch's own include tree, where the kernel has BTF) or kernel (the "
+        "kernel's headers, without BTF).",
+        labels=["mode", "reason", "headers"])
+    attach.add_metric([reading.attach_mode, reading.attach_reason, reading.headers], 1.0)
     tracked = GaugeMetricFamily(
         "tcpwatch_ebpf_netns_tracked",
         "Network namespaces the eBPF program keeps counters for "

@@ -79,7 +79,9 @@ class BpfProgram:
 
     def read(self) -> BpfReading:
         self._check_open()
-        return self._maps.read()
+        reading = self._maps.read()
+        reading.headers = self.headers
+        return reading
 
     def release_stale_netns(self, live_keys, live_inodes=()) -> int:
         """Give back the slots of namespaces that are gone (ebpf_maps.StaleSlots' rule)."""

@@ -67,6 +67,7 @@ def load_in_child(request: Request, plan: Plan, timeout: float = COMPILE_TIMEOUT
             ours.settimeout(timeout)
             message, fds, _flags, _address = socket.recv_fds(ours, MAX_MESSAGE, MAX_FDS)
         except socket.timeout:
+            child.kill()   # what it attached goes with it: only what it sent outlives it
             raise BpfUnavailable(f"the eBPF compile did not finish within {timeout:g} s") from None
         except OSError as exc:
             raise BpfUnavailable(f"the eBPF compile failed: {exc}") from None

@@ -97,7 +97,7 @@ def load_here(request: Request, plan: Plan) -> LoadedProgram:
         try:
             if attempt.mode == "tracepoint":
                 check_tracefs()
-            _compile(loaded, attempt.cflags)
+            _compile(loaded, attempt.cflags, plan.headers)
             _attach_hooks(loaded, attempt.hooks)
             break
         except BpfUnavailable as exc:
@@ -117,7 +117,7 @@ def load_here(request: Request, plan: Plan) -> LoadedProgram:
     return loaded
 
 
-def _compile(loaded: LoadedProgram, cflags) -> None:
+def _compile(loaded: LoadedProgram, cflags, headers: str) -> None:
     """bcc compiles (and, for the classic tracepoints, attaches) the program."""
     from bcc import BPF
 
@@ -127,7 +127,7 @@ def _compile(loaded: LoadedProgram, cflags) -> None:
         os.dup2(devnull, 2)   # clang's and libbpf's chatter; the exception says what failed
         loaded.bpf = BPF(text=program_text().encode(), cflags=list(cflags))
     except Exception as exc:
-        raise BpfUnavailable(_why(exc)) from None
+        raise BpfUnavailable(_why(exc, headers)) from None
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -186,10 +186,12 @@ def release_compiler_memory() -> None:
         pass
 
 
-def _why(exc: Exception) -> str:
+def _why(exc: Exception, headers: str) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "super-user" in text or isinstance(exc, PermissionError):
         return "not allowed to load eBPF programs (needs root or CAP_BPF and CAP_PERFMON)"
+    if "compile" in text.lower() and headers == BUNDLED:
+        return "the eBPF program did not compile against tcpwatch's bundled headers (run tcpwatch doctor)"
     if "compile" in text.lower():
         return ("the eBPF program did not compile: kernel headers missing or unusable "
                 "under /lib/modules/$(uname -r)/build (run tcpwatch doctor)")
