@@ -4,13 +4,14 @@
 #   scripts/setup-host.sh          what `make run` needs
 #   scripts/setup-host.sh --test   plus what the tests use (prometheus, promtool, bpftool, openssl,
 #                                  podman, runc, containerd and CNI plugins for the container tests,
-#                                  chromium and chromedriver for the web page test)
+#                                  chromium and chromedriver for the web page test, mmdebstrap
+#                                  for the image test)
 #   scripts/setup-host.sh --bench  plus node_exporter, which the benchmarks compare against
 set -euo pipefail
 
 packages=(python3 python3-venv python3-bpfcc iproute2)
 [ "${1:-}" = "--bench" ] && packages+=(prometheus-node-exporter)
-[ "${1:-}" = "--test" ] && packages+=(prometheus bpftool openssl podman runc containerd containernetworking-plugins gcc libc6-dev chromium chromium-driver)
+[ "${1:-}" = "--test" ] && packages+=(prometheus bpftool openssl podman runc containerd containernetworking-plugins gcc libc6-dev chromium chromium-driver mmdebstrap)
 
 missing=()
 for p in "${packages[@]}"; do

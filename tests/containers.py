@@ -134,9 +134,10 @@ state = "{state}"
 class Containerd:
     """A containerd of the test's own (own root, state and socket), driven over CRI."""
 
-    def __init__(self, workdir: Path, podman: Podman):
+    def __init__(self, workdir: Path, podman: Podman, state: Path = None):
         self.workdir = workdir
-        self.state = Path(f"/run/tcpwatch-test-containerd-{os.getpid()}")
+        self._own_state = state is None   # a state directory of its own is removed at the end
+        self.state = state or Path(f"/run/tcpwatch-test-containerd-{os.getpid()}")
         self.socket = self.state / "containerd.sock"
         self.logs = workdir / "pod-logs"
         self.logs.mkdir()
@@ -171,12 +172,16 @@ class Containerd:
         podman.podman("import", "--change", 'CMD=["/pause"]',
                       str(_rootfs_tar(self.workdir / "pause.tar", {"pause": pause})), PAUSE_IMAGE)
         for image in (PAUSE_IMAGE, IMAGE):
-            archive = self.workdir / "image.tar"
-            podman.podman("save", "--format", "docker-archive", "-o", str(archive), image)
-            subprocess.run(["ctr", "-a", str(self.socket), "-n", "k8s.io", "images", "import", str(archive)],
-                           check=True, capture_output=True, timeout=120)
-            archive.unlink()
+            self.import_image(podman, image)
         podman.podman("rmi", "-f", PAUSE_IMAGE, check=False)
+
+    def import_image(self, podman: Podman, image: str) -> None:
+        """Copy ``image`` from podman's store into this containerd's (k8s.io namespace)."""
+        archive = self.workdir / "image.tar"
+        podman.podman("save", "--format", "docker-archive", "-o", str(archive), image)
+        subprocess.run(["ctr", "-a", str(self.socket), "-n", "k8s.io", "images", "import", str(archive)],
+                       check=True, capture_output=True, timeout=300)
+        archive.unlink()
 
     def pod(self, name: str, namespace: str):
         """A pod sandbox with its own network namespace; returns (sandbox id, config)."""
@@ -236,7 +241,10 @@ class Containerd:
             subprocess.run(["ip", "link", "del", "tcpwtest0"], capture_output=True)
             # The CNI bridge plugin's host-local IPAM keeps leases here.
             shutil.rmtree("/var/lib/cni/networks/tcpwatch-test", ignore_errors=True)
-            shutil.rmtree(self.state, ignore_errors=True)
+            if self._own_state:
+                shutil.rmtree(self.state, ignore_errors=True)
+            else:
+                self.socket.unlink(missing_ok=True)
 
 
 def ss_in(pid: int, family: int = 4) -> dict:
