@@ -64,6 +64,9 @@ class Ledger:
             self._leave(identity, self._last.pop(identity), GONE)
         for identity, total in totals.items():
             bucket = buckets.get(identity, GONE)
+            if self._bucket.get(identity) == bucket and self._last[identity] == total:
+                self._last[identity] = total   # unchanged: the common case, nothing to do
+                continue
             if identity in self._bucket and _went_down(total, self._last[identity]):
                 self._leave(identity, self._last.pop(identity), GONE)
             if identity not in self._bucket:
@@ -71,7 +74,7 @@ class Ledger:
             elif self._bucket[identity] != bucket:
                 self._leave(identity, total, bucket)
                 self._bucket[identity], self._base[identity] = bucket, dict(total)
-            self._last[identity] = dict(total)
+            self._last[identity] = total   # the caller's: never changed here
         self._fold_empty()
         return self._exports(totals)
 
@@ -92,9 +95,20 @@ class Ledger:
             del self._moved_to[bucket]
 
     def _exports(self, totals: Mapping) -> Dict[str, Flat]:
+        """A bucket whose only part is one member counted from 0 gets that member's totals
+        themselves (the common case: no copy); the caller must not change them."""
         exports = {bucket: dict(carry) for bucket, carry in self._carry.items()}
+        borrowed = set()
         for identity, bucket in self._bucket.items():
-            _plus(exports.setdefault(bucket, {}), _minus(totals[identity], self._base[identity]))
+            total, base = totals[identity], self._base[identity]
+            if not base and bucket not in exports:
+                exports[bucket] = total
+                borrowed.add(bucket)
+                continue
+            if bucket in borrowed:
+                exports[bucket] = dict(exports[bucket])
+                borrowed.discard(bucket)
+            _plus(exports.setdefault(bucket, {}), _minus(total, base) if base else total)
         return exports
 
     def __len__(self):

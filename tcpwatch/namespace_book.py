@@ -93,6 +93,7 @@ class NamespaceBook:
     def __init__(self):
         self.labels = LabelHistory()
         self.activity = Ledger()   # the eBPF program's counts, by slot key (cookie)
+        self._flat_cache = {}      # slot key -> (NetnsActivity, its flat values) of the last scrape
         self.kernel = Ledger()     # /proc/net/netstat and snmp, by namespace identity
 
     def name_dumps(self, dumps) -> dict:
@@ -123,10 +124,20 @@ class NamespaceBook:
         return buckets
 
     def activity_exports(self, reading, label_of_inode: dict, dumps) -> dict:
-        """{bucket: NetnsActivity} of the eBPF program's counts, monotone (ledger.py)."""
+        """{bucket: NetnsActivity} of the eBPF program's counts, monotone (ledger.py). A
+        namespace whose counts did not change since the last scrape is not flattened again,
+        and a bucket that is one namespace's own counts is that namespace's activity."""
         buckets = self.activity_buckets(reading, label_of_inode, dumps)
-        flat = self.activity.update({key: flatten_activity(a) for key, a in reading.netns.items()}, buckets)
-        return {bucket: activity_of(values, histograms.SLOTS) for bucket, values in flat.items()}
+        flat, activity_of_flat, cache = {}, {}, {}
+        for key, activity in reading.netns.items():
+            previous = self._flat_cache.get(key)
+            values = previous[1] if previous is not None and previous[0] == activity else flatten_activity(activity)
+            flat[key], cache[key] = values, (activity, values)
+            activity_of_flat[id(values)] = activity
+        self._flat_cache = cache
+        exports = self.activity.update(flat, buckets)
+        return {bucket: activity_of_flat.get(id(values)) or activity_of(values, histograms.SLOTS)
+                for bucket, values in exports.items()}
 
     def kernel_exports(self, label_of_inode: dict, dumps) -> dict:
         """{bucket: {"TcpExt": Counter, "Tcp": Counter}} of the kernel's counter files."""

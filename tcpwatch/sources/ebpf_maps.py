@@ -190,7 +190,8 @@ class ProgramMaps:
             sys_bpf.map_lookup(self._maps["netns_stats"], ctypes.c_uint32(slot), buffer)
         except sys_bpf.BpfCallFailed as exc:
             raise OSError(exc.errno, f"cannot read netns_stats[{slot}]: {exc.strerror}") from None
-        return [sum(buffer[i::STATS_WORDS]) for i in range(STATS_WORDS)]
+        words = memoryview(buffer).cast("B").cast("Q").tolist()   # one CPU's struct after another
+        return list(map(sum, zip(*[words[cpu * STATS_WORDS:(cpu + 1) * STATS_WORDS] for cpu in range(self._ncpus)])))
 
     def release_stale_netns(self, live_keys, live_inodes=()) -> int:
         """Give back the slots of namespaces that are gone (StaleSlots' rule), for new ones to
