@@ -41,7 +41,7 @@ class Sources:
 
 
 class NamespaceTotals:
-    """Everything exported under one netns label: one namespace, or all of "other"."""
+    """Everything exported under one netns label: one namespace, or all of "other" or "gone"."""
 
     def __init__(self):
         self.counts = Counter()              # (family, state) -> sockets
