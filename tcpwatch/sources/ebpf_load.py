@@ -14,14 +14,12 @@ tracepoints are loaded and attached by bcc itself.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 from importlib import resources
 
 from . import ebpf_syscall as sys_bpf
 from .ebpf_plan import BUNDLED, AttachChoice, BpfUnavailable, Plan, Request, after_refusal
 
-log = logging.getLogger("tcpwatch.sources.bpf")
 
 TRACEFS = "/sys/kernel/tracing"
 # The maps the daemon reads or writes, by name (tcpstates.c); events only with EMIT_EVENTS.
