@@ -132,13 +132,6 @@ class BpfReading:
     close_wait_by_cookie: bool = True
     close_wait_entered_ns: dict = field(default_factory=dict)  # cookie or tuple key -> CLOCK_MONOTONIC ns
 
-    def by_inode(self) -> dict:
-        """{netns inode: NetnsActivity} (namespaces ever sharing an inode summed)."""
-        result = {}
-        for key, activity in self.netns.items():
-            result.setdefault(self.netns_inodes.get(key, 0), NetnsActivity()).add(activity)
-        return result
-
     def total(self) -> NetnsActivity:
         """Every namespace summed."""
         total = NetnsActivity()

@@ -16,6 +16,7 @@ import pytest
 
 from helpers import PYTHON, ROOT, Daemon, Workload, in_netns, value, wait_for
 from tcpwatch import states
+from tcpwatch.model import NetnsActivity
 
 pytestmark = pytest.mark.root
 
@@ -41,6 +42,14 @@ def netns_inode(pid):
     return os.stat(f"/proc/{pid}/ns/net").st_ino
 
 
+def per_inode(reading):
+    """{netns inode: NetnsActivity} of a reading keyed by namespace cookie."""
+    result = {}
+    for key, activity in reading.netns.items():
+        result.setdefault(reading.netns_inodes.get(key, 0), NetnsActivity()).add(activity)
+    return result
+
+
 def test_per_namespace_counts_are_exact_and_carry_the_namespace_inode(attach, two_netns):
     from tcpwatch.sources.bpf import BpfProgram
 
@@ -56,7 +65,7 @@ def test_per_namespace_counts_are_exact_and_carry_the_namespace_inode(attach, tw
 
         def per_netns():
             reading = program.read()
-            by_inode = reading.by_inode()
+            by_inode = per_inode(reading)
             got = {name: by_inode.get(inode) for name, inode in inodes.items()}
             done = all(g and g.transitions[(states.LAST_ACK, states.CLOSE)] for g in got.values())
             return got if done else None
@@ -87,7 +96,7 @@ def test_resets_are_counted_in_the_namespace_that_sent_and_received_them(attach,
         inode = int(subprocess.run(in_netns(a, [PYTHON, "-c", code]), capture_output=True, text=True,
                                    check=True).stdout)
         counters = wait_for(lambda: (lambda c: c if c and c["resets_received"] == 4 else None)(
-            getattr(program.read().by_inode().get(inode), "counters", None)), what="4 resets in the namespace")
+            getattr(per_inode(program.read()).get(inode), "counters", None)), what="4 resets in the namespace")
         assert counters["resets_sent"] == 4
     finally:
         program.close()
