@@ -67,6 +67,7 @@ def run(settings) -> int:
         log.info("listening", extra={"address": address, "path": settings.telemetry_path,
                                      "version": __version__, "ebpf": program is not None,
                                      "owners": "ebpf_iterator" if program and program.has_owner_iterator else "proc",
+                                     "sockets": "ebpf_iterator" if program and program.socket_iterator else "inet_diag",
                                      "ebpf_time_wait": bool(program and program.time_wait_tracked),
                                      "ebpf_attach": program.attach.mode if program else "none"})
         notifier = systemd.Notifier()
@@ -117,9 +118,14 @@ def _load_ebpf(settings):
     from .sources import bpf
 
     try:
-        return bpf.BpfProgram(settings.bpf_max_sockets, settings.bpf_ports, settings.bpf_time_wait,
-                              attach=settings.bpf_attach, max_netns=settings.bpf_max_netns,
-                              btf_path=settings.bpf_btf, owner_iterator=settings.process_enabled)
+        program = bpf.BpfProgram(settings.bpf_max_sockets, settings.bpf_ports, settings.bpf_time_wait,
+                                 attach=settings.bpf_attach, max_netns=settings.bpf_max_netns,
+                                 btf_path=settings.bpf_btf, owner_iterator=settings.process_enabled,
+                                 socket_iterator=settings.bpf_socket_iterator)
+        if not settings.bpf_socket_iterator:
+            log.warning("sockets are counted with inet_diag, not the eBPF iterator "
+                        "(--no-collector.bpf.socket-iterator)")
+        return program
     except bpf.AttachModeUnavailable as exc:   # an explicit mode is a promise, even with --ebpf auto
         raise ConfigError(str(exc)) from None
     except bpf.BpfUnavailable as exc:
@@ -146,7 +152,9 @@ def _registry(settings, program, http_stats):
 
     dumper = NamespaceDumper(DumpWants(owners=settings.process_enabled, ports=settings.port_enabled),
                              all_namespaces=settings.netns_enabled,
-                             runtimes=runtime.Runtimes(containerd_state=settings.containerd_state))
+                             runtimes=runtime.Runtimes(containerd_state=settings.containerd_state),
+                             socket_iterator=program.socket_iterator if program else None,
+                             fallback_reason=_counting_fallback(settings, program))
     sources = Sources(dumper, _owner_walk(program, processes.walk_owners) if settings.process_enabled else None,
                       bpf_read=program.read if program else None,
                       bpf_release=program.release_stale_netns if program else None)
@@ -158,6 +166,15 @@ def _registry(settings, program, http_stats):
     registry.register(ProcessCollector(registry=None))
     registry.register(ServerCollector(http_stats))
     return registry, api
+
+
+def _counting_fallback(settings, program) -> str:
+    """Why sockets are counted with inet_diag, in one word; "" when the iterator counts them."""
+    if program is None:
+        return "ebpf_off"
+    if not settings.bpf_socket_iterator:
+        return "flag"
+    return "" if program.socket_iterator is not None else "unavailable"
 
 
 def _owner_walk(program, proc_walk):

@@ -30,6 +30,7 @@ class RunSettings:
     bpf_max_sockets: int
     bpf_ports: object        # (lo, hi) or None for every port
     bpf_time_wait: bool
+    bpf_socket_iterator: bool
     bpf_attach: str
     bpf_max_netns: int
     bpf_btf: str
@@ -96,6 +97,8 @@ _BOOL_OPTIONS = (
      "count sockets per service port (tcpwatch_port_sockets), both sides"),
     ("--collector.bpf.time-wait", "bpf_time_wait", True,
      "time TIME_WAIT sockets through the kernel's timer tracepoints"),
+    ("--collector.bpf.socket-iterator", "bpf_socket_iterator", True,
+     "count sockets with an eBPF iterator over the kernel's TCP tables; off: with inet_diag"),
 )
 CONFIG_KEYS = {flag[2:]: dest for flag, dest, *_ in _RUN_OPTIONS + _BOOL_OPTIONS}
 

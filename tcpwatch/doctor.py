@@ -70,13 +70,17 @@ def doctor(btf_path: str = btf.VMLINUX) -> int:
         print(f"[{'pass' if ok else 'warn'}] {name}" + ("" if ok else f"\n       fix: {fix}"))
     if ok_all:
         try:
-            program = bpf.BpfProgram(max_sockets=1024, btf_path=btf_path)
+            program = bpf.BpfProgram(max_sockets=1024, btf_path=btf_path, socket_iterator=True)
             choice, headers = program.attach, program.headers
+            counting = "the eBPF socket iterator" if program.socket_iterator else "inet_diag"
+            why_not = program.no_socket_iterator
             program.close()
             print(f"[pass] the eBPF program compiles, loads and detaches: attach mode {choice.mode}, "
                   f"{headers} headers")
             if choice.detail:
                 print(f"       {choice.mode} is the fallback ({choice.reason}): {choice.detail}")
+            print(f"[{'pass' if not why_not else 'warn'}] sockets are counted with {counting}"
+                  + (f"\n       why not the iterator: {why_not}" if why_not else ""))
         except bpf.BpfUnavailable as exc:
             print(f"[FAIL] the eBPF program compiles, loads and detaches\n       {exc}")
             ok_all = False

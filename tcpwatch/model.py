@@ -185,3 +185,5 @@ class NamespaceDumps:
     infos: dict = field(default_factory=dict)             # inode -> NetnsInfo, every one found
     unreadable: int = 0                                   # namespaces found but not read
     failures: Counter = field(default_factory=Counter)    # reason -> namespaces, this scrape
+    source: str = "inet_diag"                             # what counted the sockets: or ebpf_iterator
+    reason: str = ""                                      # why inet_diag: ebpf_off, flag, unavailable, iterator_failed

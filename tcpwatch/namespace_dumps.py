@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # Namespaces dumped at once (at most one per CPU). A dump's cost is mostly the kernel's walk
 # of the host-wide socket hash, which runs in recv() without the GIL, so threads scale it.
 PARALLEL_DUMPS = 4
+INET_DIAG = "inet_diag"
 
 
 @dataclass
@@ -41,8 +42,14 @@ class NamespaceDumper:
     """Finds, names and dumps network namespaces. ``wants`` is fixed at start-up."""
 
     def __init__(self, wants: DumpWants = DumpWants(), all_namespaces: bool = True, proc_root: str = "/proc",
-                 named_dir: str = netns.NAMED_NETNS_DIR, runtimes=None):
+                 named_dir: str = netns.NAMED_NETNS_DIR, runtimes=None, socket_iterator=None,
+                 fallback_reason: str = "ebpf_off"):
         self._wants = wants
+        # Counting: the eBPF socket iterator (sources/ebpf_iterators.py) when given, else
+        # inet_diag, and the one word that says why (the sockets collector exports it).
+        self._iterator = socket_iterator
+        self._fallback_reason = fallback_reason
+        self._iterator_warned = False
         self._all = all_namespaces
         self._proc_root = proc_root
         self._named_dir = named_dir
@@ -83,6 +90,8 @@ class NamespaceDumper:
     def dump_all(self, discovered: Discovered) -> NamespaceDumps:
         """One inet_diag dump (and the kernel's counter files) of every target namespace."""
         result = NamespaceDumps(infos=discovered.infos)
+        result.source, result.reason = ((self._iterator.source, "") if self._iterator is not None
+                                        else (INET_DIAG, self._fallback_reason))
         # Handles first, in this thread (setns happens here, once per new namespace), then
         # the dumps in parallel: each dump's kernel walk runs inside recv(), without the GIL.
         opened = []
@@ -94,7 +103,7 @@ class NamespaceDumper:
                 opened.append((ref, result.infos[inode], handles))
 
         def read(item):
-            return self._dump_one(*item, result.failures)
+            return self._dump_one(*item, result)
 
         if len(opened) > 1 and self._parallel > 1:
             dumped = list(self._pool().map(read, opened))
@@ -135,9 +144,10 @@ class NamespaceDumper:
             log.error("cannot open a network namespace", extra={"netns": info.name, "error": str(exc)})
         return None
 
-    def _dump_one(self, ref, info: NetnsInfo, handles, failures: Counter):
+    def _dump_one(self, ref, info: NetnsInfo, handles, result: NamespaceDumps):
+        failures = result.failures
         try:
-            snap = inet_diag.dump(self._wants, handles.diag, ref.inode)
+            snap = self._count(ref, info, handles, result)
         except OSError as exc:
             with self._failure_lock:
                 self._reader.drop(ref.inode)
@@ -155,6 +165,21 @@ class NamespaceDumper:
         except (OSError, ValueError):
             ports = -1
         return NetnsDump(info, snap, counters, ports, handles.cookie)
+
+    def _count(self, ref, info: NetnsInfo, handles, result: NamespaceDumps):
+        """One namespace's DiagSnapshot: by the socket iterator, or by inet_diag when there is
+        none or it failed here (then for this namespace and this scrape only)."""
+        if self._iterator is not None:
+            try:
+                fd = self._reader.inside(handles, self._iterator.open)
+                return self._iterator.dump(fd, self._wants, ref.inode)
+            except OSError as exc:
+                with self._failure_lock:
+                    result.source, result.reason = INET_DIAG, "iterator_failed"
+                    warn, self._iterator_warned = not self._iterator_warned, True
+                (log.warning if warn else log.debug)(
+                    "socket iterator failed, counting with inet_diag", extra={"netns": info.name, "error": str(exc)})
+        return inet_diag.dump(self._wants, handles.diag, ref.inode)
 
     def close(self) -> None:
         if self._executor is not None:

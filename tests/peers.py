@@ -88,10 +88,10 @@ class Prometheus:
 def our_programs():
     """Programs loaded now whose names are ours: bcc names the classic ones after their
     tracepoint (tracepoint__sock__…), tp_btf ones are named tp_btf_… (cut to 15 characters),
-    the owner iterator socket_owners."""
+    the iterators socket_owners and socket_diag."""
     out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
     return sum(1 for line in out.splitlines()
-               if re.search(r" name (tracepoint__(sock|tcp|time)|tp_btf_|socket_owners)", line))
+               if re.search(r" name (tracepoint__(sock|tcp|time)|tp_btf_|socket_owners|socket_diag)", line))
 
 
 def tcpwatch_daemons():

@@ -209,8 +209,8 @@ def test_sigterm_leaves_no_program_attached(ns, attach):
     d = Daemon("--ebpf", "on", "--collector.bpf.attach", attach, "--collector.bpf.ports", "21990-21999", netns=ns)
     try:
         # state changes, retransmits, resets sent and received, three timer hooks for TIME_WAIT,
-        # the socket-owner iterator
-        assert our_programs() == baseline + 8
+        # the socket-owner and the socket-counting iterators
+        assert our_programs() == baseline + 9
     finally:
         assert d.stop() == 0
     wait_for(lambda: our_programs() == baseline, timeout=5, what="the programs to be unloaded")

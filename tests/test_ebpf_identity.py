@@ -255,10 +255,12 @@ def test_doctor_names_the_attach_mode_and_why_it_falls_back():
     ok = subprocess.run([PYTHON, "-m", "tcpwatch", "doctor"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stdout
     assert "attach mode tp_btf" in ok.stdout
+    assert "[pass] sockets are counted with the eBPF socket iterator" in ok.stdout
     fallback = subprocess.run([PYTHON, "-m", "tcpwatch", "doctor", "--collector.bpf.btf", "/nonexistent/vmlinux"],
                               cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert fallback.returncode == 0, fallback.stdout + fallback.stderr
     assert "attach mode tracepoint" in fallback.stdout and "no_btf" in fallback.stdout, fallback.stdout
+    assert "[warn] sockets are counted with inet_diag" in fallback.stdout and "/nonexistent" in fallback.stdout
 
 
 def test_a_gone_namespace_gives_its_slot_back(daemons, workloads):

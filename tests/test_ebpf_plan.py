@@ -18,12 +18,14 @@ class FakeBtf:
     """Answers like btf.Btf for the fields and names it is given, BtfError for the rest."""
 
     def __init__(self, drop=(), sizes=None):
-        fields = {**ebpf_layout.FIELDS, **ebpf_layout.OWNER_FIELDS, **ebpf_layout.COOKIE_FIELDS}
+        fields = {**ebpf_layout.FIELDS, **ebpf_layout.OWNER_FIELDS, **ebpf_layout.COOKIE_FIELDS,
+                  **ebpf_layout.SOCKET_FIELDS}
         self.layout = {(s, path): (8 * i, (sizes or {}).get(path, size or 8))
                        for i, (s, path, size) in enumerate(fields.values()) if path not in drop}
         hooks = ebpf_layout.TP_BTF_HOOKS + ebpf_layout.TP_BTF_TIMER_HOOKS
         self.ids = {(btf.TYPEDEF, f"btf_trace_{tp}"): 1000 + i for i, (_fn, tp) in enumerate(hooks)}
         self.ids[(btf.FUNC, ebpf_layout.OWNER_ITERATOR)] = 77
+        self.ids[(btf.FUNC, ebpf_layout.SOCKET_ITERATOR)] = 78
 
     def offset(self, struct_name, path):
         if (struct_name, path) not in self.layout:
@@ -130,6 +132,21 @@ def test_the_owner_iterator_is_compiled_in_only_where_it_can_work():
     no_field = make_plan(Request(owner_iterator=True), environment(FakeBtf(drop={"f_inode"})))
     assert no_field.owner_iterator_id is None and "f_inode" in no_field.no_owner_iterator
     assert [a.mode for a in no_field.attempts] == ["tp_btf", "tracepoint"]   # the rest is unaffected
+
+
+def test_the_socket_iterator_is_compiled_in_where_btf_describes_what_it_reads():
+    plan = make_plan(Request(socket_iterator=True), environment())
+    assert plan.socket_iterator_id == 78 and not plan.no_socket_iterator
+    for attempt in plan.attempts:   # both attach modes count by iterator
+        assert "-DSOCKET_ITER" in attempt.cflags and f"-DDIAG_TICK_NS={TICK_NS}ULL" in attempt.cflags
+        assert all(any(f.startswith(f"-D{name}=") for f in attempt.cflags) for name in ebpf_layout.SOCKET_FIELDS)
+    assert make_plan(Request(), environment()).socket_iterator_id is None
+    no_field = make_plan(Request(socket_iterator=True), environment(FakeBtf(drop={"sk_max_ack_backlog"})))
+    assert no_field.socket_iterator_id is None and "sk_max_ack_backlog" in no_field.no_socket_iterator
+    assert not any("-DSOCKET_ITER" in a.cflags for a in no_field.attempts)
+    assert [a.mode for a in no_field.attempts] == ["tp_btf", "tracepoint"]   # the rest is unaffected
+    no_btf = make_plan(Request(socket_iterator=True), environment(missing_file=True))
+    assert no_btf.socket_iterator_id is None and "cannot read" in no_btf.no_socket_iterator
 
 
 @pytest.mark.parametrize("request_,error", [

@@ -1,5 +1,6 @@
 """tcpwatch_sockets, the listen queues and the ephemeral port range of every namespace,
-from its inet_diag dump (sources/inet_diag.py)."""
+from one walk of its sockets: the eBPF socket iterator (sources/ebpf_iterators.py) where it
+loads, else an inet_diag dump (sources/inet_diag.py). Both give the same DiagSnapshot."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from . import Collector, register
 
 @register
 class SocketsCollector(Collector):
-    """Socket counts per state: the collector named inet_diag, after its source."""
+    """Socket counts per state: the collector named inet_diag, after its first source (the
+    name stays, so that dashboards and --collector flags keep working)."""
 
     name = "inet_diag"
     owns = (INET_DIAG,)
@@ -21,8 +23,8 @@ class SocketsCollector(Collector):
     def collect(self, snapshot) -> list:
         sockets = GaugeMetricFamily(
             "tcpwatch_sockets",
-            "TCP sockets per network namespace, address family and state, from one inet_diag "
-            "dump of each namespace. time_wait counts timewait sockets by the substate the "
+            "TCP sockets per network namespace, address family and state, from one walk of each "
+            "namespace's sockets (tcpwatch_sockets_source_info says how). time_wait counts timewait sockets by the substate the "
             "kernel reports (a timewait socket of a FIN_WAIT2 orphan counts as fin_wait2).",
             labels=["netns", "family", "state"])
         length = GaugeMetricFamily(
@@ -50,4 +52,10 @@ class SocketsCollector(Collector):
                 limit.add_metric([label, port], capacity)
             if totals.ephemeral_ports >= 0:
                 ephemeral.add_metric([label], totals.ephemeral_ports)
-        return [sockets, length, limit, ephemeral]
+        source = GaugeMetricFamily(
+            "tcpwatch_sockets_source_info",
+            "How this scrape counted sockets: source ebpf_iterator (a BPF iterator over the "
+            "kernel's TCP tables) or inet_diag; reason says why inet_diag (ebpf_off, flag, "
+            "unavailable, iterator_failed).", labels=["source", "reason"])
+        source.add_metric([snapshot.dumps.source, snapshot.dumps.reason], 1)
+        return [sockets, length, limit, ephemeral, source]

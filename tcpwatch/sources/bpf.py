@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 
-from . import btf, ebpf_compile, ebpf_load, ebpf_maps
+from . import btf, ebpf_compile, ebpf_iterators, ebpf_load, ebpf_maps
+from .ebpf_load import OWNER_ITERATOR, SOCKET_ITERATOR
 from .ebpf_load import (TRACEFS, TRACEPOINT, attach_tp_btf, bcc_importable, check_capabilities,  # noqa: F401
                         check_tracefs, effective_capabilities, missing_capabilities, program_text)
 from .ebpf_maps import TraceEvent, tuple_key  # noqa: F401
@@ -35,9 +36,10 @@ class BpfProgram:
 
     def __init__(self, max_sockets: int = 65536, port_range=None, track_time_wait: bool = True,
                  emit_events: bool = False, attach: str = "auto", max_netns: int = DEFAULT_MAX_NETNS,
-                 btf_path: str = btf.VMLINUX, owner_iterator: bool = False, in_process: bool = False):
+                 btf_path: str = btf.VMLINUX, owner_iterator: bool = False, in_process: bool = False,
+                 socket_iterator: bool = False):
         request = Request(max_sockets, port_range, track_time_wait, emit_events, attach, max_netns,
-                          btf_path, owner_iterator)
+                          btf_path, owner_iterator, socket_iterator)
         plan = make_plan(request)
         for message, extra in plan.notes:
             log.warning(message, extra=extra)
@@ -55,8 +57,14 @@ class BpfProgram:
         self.max_netns = plan.max_netns
         self.socket_slots = plan.socket_slots
         try:
-            self._maps = ebpf_maps.ProgramMaps(self.loaded.maps(), self.attach, self.loaded.owner_link,
+            iterators = self.loaded.iterators
+            self._maps = ebpf_maps.ProgramMaps(self.loaded.maps(), self.attach, iterators.get(OWNER_ITERATOR),
                                                plan.socket_slots, plan.max_netns)
+            link = iterators.get(SOCKET_ITERATOR)
+            self.socket_iterator = ebpf_iterators.SocketIterator(link) if link is not None else None
+            self.no_socket_iterator = "" if link is not None else (plan.no_socket_iterator or next(
+                (extra.get("reason", "") for _level, message, extra in self.loaded.notes
+                 if message == ebpf_load.ITERATOR_FALLBACKS[SOCKET_ITERATOR]), "not requested"))
         except Exception:
             self.loaded.close()
             raise
@@ -108,5 +116,7 @@ class BpfProgram:
 
     def close(self) -> None:
         self._closed = True
+        if self.socket_iterator is not None:
+            self.socket_iterator.close()
         self._maps.close()
         self.loaded.close()

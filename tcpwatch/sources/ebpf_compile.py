@@ -8,7 +8,7 @@ that compiled in its own process kept them for its whole life. So the daemon sta
 with one end of a Unix socket pair (FD), sends it the Request and the Plan as JSON, and gets
 back the attach choice, the log notes and every fd the program lives by, passed with
 SCM_RIGHTS: its maps, the tp_btf links, the classic tracepoints' perf events and the owner
-iterator's link. The child then ends with os._exit, so that bcc's exit handlers detach
+iterators' links. The child then ends with os._exit, so that bcc's exit handlers detach
 nothing: the daemon's copies keep every program attached, and closing them (or the daemon's
 end, SIGKILL included) detaches everything. A child that fails says why in one line; one
 that hangs is killed after COMPILE_TIMEOUT seconds; either way nothing stays attached,
@@ -37,20 +37,20 @@ class ProgramFds:
 
     bpf = None   # no bcc module in this process
 
-    def __init__(self, attach: AttachChoice, maps: dict, links: list, owner_link, notes: list):
+    def __init__(self, attach: AttachChoice, maps: dict, links: list, iterators: dict, notes: list):
         self.attach = attach
         self._maps = maps            # name -> fd
         self.links = links           # tp_btf links and classic perf events: they hold the programs
-        self.owner_link = owner_link
+        self.iterators = iterators   # iterator function -> link fd
         self.notes = notes
 
     def maps(self) -> dict:
         return dict(self._maps)
 
     def close(self) -> None:
-        for fd in self.links + ([self.owner_link] if self.owner_link is not None else []) + list(self._maps.values()):
+        for fd in self.links + list(self.iterators.values()) + list(self._maps.values()):
             os.close(fd)
-        self.links, self.owner_link, self._maps = [], None, {}
+        self.links, self.iterators, self._maps = [], {}, {}
 
 
 def load_in_child(request: Request, plan: Plan, timeout: float = COMPILE_TIMEOUT) -> ProgramFds:
@@ -93,9 +93,8 @@ def _program_of(answer: dict, fds: list) -> ProgramFds:
         kind = AttachModeUnavailable if answer["kind"] == "attach_mode" else BpfUnavailable
         raise kind(answer["error"])
     where = answer["fds"]
-    owner = where["owner_link"]
     return ProgramFds(AttachChoice(*answer["attach"]), {name: fds[i] for name, i in where["maps"].items()},
-                      [fds[i] for i in where["links"]], fds[owner] if owner is not None else None,
+                      [fds[i] for i in where["links"]], {name: fds[i] for name, i in where["iterators"].items()},
                       [tuple(note) for note in answer["notes"]])
 
 
@@ -107,10 +106,10 @@ def _answer(loaded) -> tuple:
         fds.append(fd)
         return len(fds) - 1
 
-    owner = loaded.owner_link
+    iterators = set(loaded.iterators.values())
     where = {"maps": {name: index(fd) for name, fd in loaded.maps().items()},
-             "links": [index(fd) for fd in loaded.links + loaded.perf_fds if fd != owner],
-             "owner_link": index(owner) if owner is not None else None}
+             "links": [index(fd) for fd in loaded.links + loaded.perf_fds if fd not in iterators],
+             "iterators": {name: index(fd) for name, fd in loaded.iterators.items()}}
     return {"ok": True, "attach": [loaded.attach.mode, loaded.attach.reason, loaded.attach.detail],
             "notes": loaded.notes, "fds": where}, fds
 

@@ -51,6 +51,18 @@ OWNER_FIELDS = {
     "OFF_INODE_INO": ("inode", "i_ino", 8),
 }
 OWNER_ITERATOR = "bpf_iter_task_file"   # the kernel function an iter/task_file program attaches to
+# What the socket iterator reads (SOCKET_ITER in tcpstates.c) beyond FIELDS: a kernel lacking
+# one loses only the iterator (sockets are then counted with inet_diag).
+SOCKET_FIELDS = {
+    "OFF_SKC_STATE": ("sock", "__sk_common.skc_state", 1),
+    "OFF_SK_SOCKET": ("sock", "sk_socket", 8),
+    "OFF_SK_ACK_BACKLOG": ("sock", "sk_ack_backlog", 4),
+    "OFF_SK_MAX_ACK_BACKLOG": ("sock", "sk_max_ack_backlog", 4),
+    "OFF_SOCKET_ALLOC_SOCKET": ("socket_alloc", "socket", None),
+    "OFF_SOCKET_ALLOC_INODE": ("socket_alloc", "vfs_inode", None),
+    "OFF_INODE_INO": ("inode", "i_ino", 8),
+}
+SOCKET_ITERATOR = "bpf_iter_tcp"        # the kernel function an iter/tcp program attaches to
 
 
 def _offsets(types, fields: dict) -> dict:
@@ -81,3 +93,10 @@ def owner_layout(btf_path: str = btf.VMLINUX, load=btf.Btf.load) -> tuple:
     when this kernel's BTF cannot describe it."""
     types = load(btf_path)
     return _offsets(types, OWNER_FIELDS), types.type_id(btf.FUNC, OWNER_ITERATOR)
+
+
+def socket_layout(btf_path: str = btf.VMLINUX, load=btf.Btf.load) -> tuple:
+    """(-D offsets, BTF id of bpf_iter_tcp) for the socket iterator; BtfError when this
+    kernel's BTF cannot describe it."""
+    types = load(btf_path)
+    return _offsets(types, SOCKET_FIELDS), types.type_id(btf.FUNC, SOCKET_ITERATOR)

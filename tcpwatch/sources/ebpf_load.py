@@ -26,6 +26,10 @@ TRACEFS = "/sys/kernel/tracing"
 MAP_NAMES = ("netns_stats", "netns_last", "netns_slots", "free_slots", "counters", "socket_table",
              "close_wait_entered", "events")
 TRACEPOINT = "sock/inet_sock_set_state"
+# The iterator functions of tcpstates.c, and what does their work when one cannot be used.
+OWNER_ITERATOR, SOCKET_ITERATOR = "socket_owners", "socket_diag"
+ITERATOR_FALLBACKS = {OWNER_ITERATOR: "socket owners come from the /proc walk, not the eBPF iterator",
+                      SOCKET_ITERATOR: "sockets are counted with inet_diag, not the eBPF iterator"}
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 
@@ -45,7 +49,7 @@ class LoadedProgram:
         self.bpf = None          # bcc's BPF module: maps, and the classic tracepoints' attachments
         self.links = []
         self.prog_fds = []
-        self.owner_link = None   # the socket-owner iterator's link fd, when attached
+        self.iterators = {}      # iterator function (OWNER_ITERATOR, SOCKET_ITERATOR) -> link fd
         self.attach = None       # AttachChoice
         self.notes = []          # (level, message, extra) for the log of whoever asked
 
@@ -67,7 +71,7 @@ class LoadedProgram:
     def close(self) -> None:
         for fd in self.links + self.prog_fds:   # links first: closing one detaches its program
             os.close(fd)
-        self.links, self.prog_fds, self.owner_link = [], [], None
+        self.links, self.prog_fds, self.iterators = [], [], {}
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None
@@ -108,10 +112,13 @@ def load_here(request: Request, plan: Plan) -> LoadedProgram:
         loaded.notes.append(("warning", "ebpf: tp_btf not used, attached to the classic tracepoints" + lost,
                              {"reason": attempt.detail}))
     if plan.owner_iterator_id is not None:
-        _attach_owner_iterator(loaded, plan.owner_iterator_id)
+        _attach_iterator(loaded, OWNER_ITERATOR, plan.owner_iterator_id)
     elif plan.no_owner_iterator:
-        loaded.notes.append(("info", "socket owners come from the /proc walk, not the eBPF iterator",
-                             {"reason": plan.no_owner_iterator}))
+        loaded.notes.append(("info", ITERATOR_FALLBACKS[OWNER_ITERATOR], {"reason": plan.no_owner_iterator}))
+    if plan.socket_iterator_id is not None:
+        _attach_iterator(loaded, SOCKET_ITERATOR, plan.socket_iterator_id)
+    elif plan.no_socket_iterator:
+        loaded.notes.append(("warning", ITERATOR_FALLBACKS[SOCKET_ITERATOR], {"reason": plan.no_socket_iterator}))
     return loaded
 
 
@@ -156,24 +163,23 @@ def attach_tp_btf(compiled, function: str, btf_id: int) -> tuple:
         raise BpfUnavailable(f"cannot attach {function} to its tracepoint: {exc.strerror}") from None
 
 
-def _attach_owner_iterator(loaded: LoadedProgram, iterator_id: int) -> None:
-    """The iterator is optional: a failure is logged, and owners come from the /proc walk."""
+def _attach_iterator(loaded: LoadedProgram, function: str, btf_id: int) -> None:
+    """Load ``function`` as a BPF iterator on the kernel iterator ``btf_id`` and link it.
+    Iterators are optional: a failure is one warning, and the fallback does their work."""
     try:
-        prog_fd = sys_bpf.load_tracing(loaded.bpf.dump_func(b"socket_owners"), "socket_owners",
-                                       sys_bpf.BPF_TRACE_ITER, iterator_id)
+        prog_fd = sys_bpf.load_tracing(loaded.bpf.dump_func(function.encode()), function,
+                                       sys_bpf.BPF_TRACE_ITER, btf_id)
     except sys_bpf.ProgramRefused as exc:
-        loaded.notes.append(("warning", "socket owners come from the /proc walk: the iterator did not load",
-                             {"reason": str(exc)}))
+        loaded.notes.append(("warning", ITERATOR_FALLBACKS[function], {"reason": f"refused: {exc}"}))
         return
     loaded.prog_fds.append(prog_fd)
     try:
         link = sys_bpf.link_create_iterator(prog_fd)
     except sys_bpf.BpfCallFailed as exc:
-        loaded.notes.append(("warning", "socket owners come from the /proc walk: the iterator did not attach",
-                             {"reason": exc.strerror}))
+        loaded.notes.append(("warning", ITERATOR_FALLBACKS[function], {"reason": f"not attached: {exc.strerror}"}))
         return
     loaded.links.append(link)
-    loaded.owner_link = link
+    loaded.iterators[function] = link
 
 
 def release_compiler_memory() -> None:

@@ -17,7 +17,7 @@ import sys
 
 from .. import histograms, states
 from ..model import BpfReading, NetnsActivity, SocketOwners
-from . import ebpf_syscall as sys_bpf
+from . import ebpf_iterators, ebpf_syscall as sys_bpf
 
 NSTATES = 16
 HIST_SLOTS = histograms.SLOTS
@@ -110,7 +110,7 @@ class ProgramMaps:
     def __init__(self, maps: dict, attach, owner_link, socket_slots: int, max_netns: int):
         self._maps = maps
         self._attach = attach
-        self._owner_link = owner_link
+        self._owner_link = owner_link   # the socket-owner iterator's link, or None
         self._stale = StaleSlots()
         self._ncpus = sys_bpf.possible_cpus()
         for slot in range(1, max_netns):
@@ -227,20 +227,8 @@ class ProgramMaps:
         """Every socket fd of every process, from one pass of the task_file iterator: the
         same SocketOwners as the /proc walk (a socket shared by processes goes to the lowest
         pid), at a fraction of the cost. OSError when the kernel refuses the read."""
-        try:
-            fd = sys_bpf.iter_create(self._owner_link)
-        except sys_bpf.BpfCallFailed as exc:
-            raise OSError(exc.errno, f"cannot start the socket-owner iterator: {exc.strerror}") from None
-        chunks = []
-        try:
-            while True:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
-        return _owners_of(b"".join(chunks), wanted_inodes)
+        records = ebpf_iterators.read_to_end(ebpf_iterators.start(self._owner_link, "socket-owner"))
+        return _owners_of(records, wanted_inodes)
 
 
 def _owners_of(records: bytes, wanted_inodes) -> SocketOwners:

@@ -19,7 +19,8 @@ from typing import Callable, Optional
 
 from .. import histograms
 from . import btf
-from .ebpf_layout import TP_BTF_HOOKS, TP_BTF_TIMER_HOOKS, cookie_layout, kernel_layout, owner_layout
+from .ebpf_layout import (TP_BTF_HOOKS, TP_BTF_TIMER_HOOKS, cookie_layout, kernel_layout, owner_layout,
+                          socket_layout)
 
 ATTACH_MODES = ("auto", "tp_btf", "tracepoint")
 # Where bcc finds the few headers it includes: tcpwatch's own tree (bpf/headers, 2 KB) where
@@ -130,6 +131,8 @@ class Plan:
     time_wait_tracked: bool
     owner_iterator_id: Optional[int] = None   # BTF id of bpf_iter_task_file, when compiled in
     no_owner_iterator: str = ""               # why not, when owners were wanted
+    socket_iterator_id: Optional[int] = None  # BTF id of bpf_iter_tcp, when compiled in
+    no_socket_iterator: str = ""              # why not, when it was wanted
     layout_error: str = ""                    # why BTF could not describe the program
     netns_by_cookie: bool = False             # slots keyed by net_cookie (else by inode)
     headers: str = BUNDLED                    # what bcc compiles against: bundled, or kernel (no BTF)
@@ -148,6 +151,7 @@ class Request:
     max_netns: int = DEFAULT_MAX_NETNS
     btf_path: str = btf.VMLINUX
     owner_iterator: bool = False
+    socket_iterator: bool = False          # count sockets with iter/tcp (else inet_diag)
 
 
 def make_plan(request: Request, env: Environment = Environment()) -> Plan:
@@ -179,6 +183,8 @@ def make_plan(request: Request, env: Environment = Environment()) -> Plan:
         cflags.append("-DEMIT_EVENTS")
     if request.owner_iterator:
         cflags += _owner_iterator_flags(request, env, plan)
+    if request.socket_iterator:
+        cflags += _socket_iterator_flags(request, env, plan)
     if offsets:
         cflags += _cookie_flags(request, env, plan)
     cflags += [f"-D{name}={value}" for name, value in offsets.items()]
@@ -223,12 +229,26 @@ def _owner_iterator_flags(request: Request, env: Environment, plan: Plan) -> lis
     if not env.initial_pid_namespace():
         plan.no_owner_iterator = "tcpwatch runs in a pid namespace of its own"
         return []
-    try:
-        offsets, plan.owner_iterator_id = owner_layout(request.btf_path, load=env.load_btf)
-    except btf.BtfError as exc:
-        plan.no_owner_iterator = str(exc)
+    flags, plan.owner_iterator_id, plan.no_owner_iterator = _iterator_flags(owner_layout, request, env)
+    return ["-DOWNER_ITER"] + flags if flags else []
+
+
+def _socket_iterator_flags(request: Request, env: Environment, plan: Plan) -> list:
+    """Compile the socket iterator in, when this kernel's BTF describes what it reads."""
+    if plan.layout_error:
+        plan.no_socket_iterator = plan.layout_error
         return []
-    return ["-DOWNER_ITER"] + [f"-D{name}={value}" for name, value in offsets.items()]
+    flags, plan.socket_iterator_id, plan.no_socket_iterator = _iterator_flags(socket_layout, request, env)
+    return ["-DSOCKET_ITER", f"-DDIAG_TICK_NS={env.tick_ns()}ULL"] + flags if flags else []
+
+
+def _iterator_flags(layout: Callable, request: Request, env: Environment) -> tuple:
+    """(-D offsets, BTF id of the kernel iterator, "") from ``layout``, or ([], None, why not)."""
+    try:
+        offsets, btf_id = layout(request.btf_path, load=env.load_btf)
+    except btf.BtfError as exc:
+        return [], None, str(exc)
+    return [f"-D{name}={value}" for name, value in offsets.items()], btf_id, ""
 
 
 def _attempts(request: Request, plan: Plan, cflags: list, ids: dict) -> list:

@@ -17,8 +17,37 @@ from ..model import CloseWaitSocket, DiagSnapshot, DumpWants, Endpoint, Listener
 from .inet_diag_layout import (
     ACCEPT_QUEUE_MARK, ADDR_LEN, COOKIE, COOKIE_AT, DIAG_TYPES, DONE_LEN, DPORT_AT, DST_AT, ERRNO, EXPIRES_AT,
     FAMILY_AT, FAMILY_MARK, FAMILY_NAMES, INODE_AT, MSG_MIN_LEN, NLMSG_DONE, NLMSG_ERROR, NLMSGHDR, NLMSGHDR_LEN,
-    PORTS, QUEUES, QUEUES_AT, RAW_END, SPORT, SPORT_AT, SRC_AT, STATE_AT, U32, Columns, InodesAt, gather,
+    PORTS, QUEUES, QUEUES_AT, SPORT, SPORT_AT, SRC_AT, STATE_AT, U32, Columns, InodesAt, gather,
     message_offsets, swap_port)
+
+
+TIME_WAIT_MARK = bytes(i == states.TIME_WAIT for i in range(256))
+ZERO_MARK = bytes(i == 0 for i in range(256))
+HEAD_END = SPORT_AT + 2   # family, state, timer, retrans, local port
+
+
+def _column(data: bytes, offsets, field_at: int):
+    """The u32 ``field_at`` of every message: a strided view when they share a length."""
+    words = memoryview(data).cast("I")
+    if isinstance(offsets, range):
+        return words[(offsets.start + field_at) // 4:(offsets.stop + field_at) // 4:offsets.step // 4]
+    return gather(list(map((field_at // 4).__add__, map((2).__rrshift__, offsets))), words)
+
+
+def _unaccepted_mask(data: bytes, columns) -> bytes:
+    """1 for each message of a socket with no inode in a state of an accept queue, else 0.
+    When the messages share a length, computed on whole columns as big integers (no Python
+    per socket): the OR of the inode's four byte columns is 0 exactly where the inode is."""
+    queue = columns.states.translate(ACCEPT_QUEUE_MARK)
+    count = len(queue)
+    offsets = columns.offsets
+    if not isinstance(offsets, range):
+        return bytes(map(and_, map((0).__eq__, columns.inodes), queue))
+    any_byte = 0
+    for i in range(4):
+        any_byte |= int.from_bytes(data[offsets.start + INODE_AT + i:offsets.stop:offsets.step], "little")
+    no_inode = any_byte.to_bytes(count, "little").translate(ZERO_MARK)
+    return (int.from_bytes(no_inode, "little") & int.from_bytes(queue, "little")).to_bytes(count, "little")
 
 
 class DumpError(OSError):
@@ -53,7 +82,7 @@ class Decoder:
         self.want_ports = wants.ports
         self.done = False
         self._per_state = [0] * 32        # state, +16 for IPv6
-        self._unaccepted = Counter()      # (raw family .. source address, state) -> sockets
+        self._unaccepted = Counter()      # (raw family .. local port, local address) -> sockets
         self._listening = set()           # local ports of listeners, byte-swapped
         self._server = Counter()          # (swapped local port, state) -> sockets
         self._client = Counter()          # (swapped remote port, state) -> sockets
@@ -71,9 +100,7 @@ class Decoder:
                                                       columns.inodes)
         self._count_states(state_bytes, family_bytes)
         if states.TIME_WAIT in state_bytes:
-            words = memoryview(data).cast("I")
-            expires = gather(list(map((EXPIRES_AT // 4).__add__, map((2).__rrshift__, offsets))), words)
-            self._note_time_wait(min(compress(expires, map(states.TIME_WAIT.__eq__, state_bytes))))
+            self._note_time_wait(min(compress(_column(data, offsets, EXPIRES_AT), state_bytes.translate(TIME_WAIT_MARK))))
         if self.want_owners:
             self.snap.inode_states.update(zip(inodes, state_bytes))
         i = state_bytes.find(states.LISTEN)   # listeners: few, one by one
@@ -86,7 +113,7 @@ class Decoder:
             # CLOSE_WAIT details (ages, owners) and sockets no fd holds yet, picked out in C.
             if states.CLOSE_WAIT in state_bytes:
                 self._close_wait_columns(data, offsets, state_bytes, family_bytes, inodes)
-            self._unaccepted_columns(data, offsets, state_bytes, inodes)
+            self._unaccepted_columns(data, columns)
         if columns.done:
             self._finish()
         return True
@@ -154,15 +181,16 @@ class Decoder:
                 per_state[state] += marked.count(state)
                 per_state[16 + state] += marked.count(16 + state)
 
-    def _unaccepted_columns(self, data: bytes, offsets, state_bytes: bytes, inodes) -> None:
-        """Sockets no fd holds yet, counted per (family .. local address bytes, state) and
-        made Endpoints at the end."""
-        chosen = list(compress(range(len(state_bytes)), map(and_, map((0).__eq__, inodes),
-                                                            state_bytes.translate(ACCEPT_QUEUE_MARK))))
+    def _unaccepted_columns(self, data: bytes, columns) -> None:
+        """Sockets no fd holds yet, counted per (family .. local port, local address bytes)
+        and made Endpoints at the end (the remote port, between them, is left out: request
+        sockets would otherwise each be a key of their own)."""
+        chosen = list(compress(range(len(columns.states)), _unaccepted_mask(data, columns)))
         if chosen:
-            starts = list(map(FAMILY_AT.__add__, gather(chosen, offsets)))
-            raws = map(data.__getitem__, map(slice, starts, map(RAW_END.__add__, starts)))
-            self._unaccepted.update(zip(raws, gather(chosen, state_bytes)))
+            starts = gather(chosen, columns.offsets)
+            heads = map(data.__getitem__, map(slice, map(FAMILY_AT.__add__, starts), map(HEAD_END.__add__, starts)))
+            sources = map(data.__getitem__, map(slice, map(SRC_AT.__add__, starts), map((SRC_AT + 16).__add__, starts)))
+            self._unaccepted.update(zip(heads, sources))
 
     def _close_wait_columns(self, data, offsets, state_bytes: bytes, family_bytes: bytes, inodes) -> None:
         """Every CLOSE_WAIT socket of a chunk as a CloseWaitSocket, built column by column
@@ -265,12 +293,11 @@ class Decoder:
 
     def _finish(self) -> None:
         self.done = True
-        for (raw, state), count in self._unaccepted.items():
-            v6 = raw[0] == socket.AF_INET6
-            start = SRC_AT - FAMILY_AT
-            endpoint = Endpoint("ipv6" if v6 else "ipv4", raw[start:start + (16 if v6 else 4)],
-                                SPORT.unpack_from(raw, SPORT_AT - FAMILY_AT)[0])
-            self.snap.unaccepted[(endpoint, state)] += count
+        for (head, source), count in self._unaccepted.items():
+            v6 = head[0] == socket.AF_INET6
+            endpoint = Endpoint("ipv6" if v6 else "ipv4", source[:16 if v6 else 4],
+                                SPORT.unpack_from(head, SPORT_AT - FAMILY_AT)[0])
+            self.snap.unaccepted[(endpoint, head[STATE_AT - FAMILY_AT])] += count
         self.snap.inode_states.pop(0, None)   # sockets without an fd are not keyed by inode
         if self.want_ports:
             for mine, theirs in ((self._server, self.snap.server_ports), (self._client, self.snap.client_ports)):

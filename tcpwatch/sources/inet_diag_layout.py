@@ -45,7 +45,6 @@ LITTLE_ENDIAN = sys.byteorder == "little"
 FAMILY_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 ADDR_LEN = bytes(16 if i == socket.AF_INET6 else 4 for i in range(256))          # by family byte
 ACCEPT_QUEUE_MARK = bytes(1 if i in (states.ESTABLISHED, states.SYN_RECV) else 0 for i in range(256))
-RAW_END = SRC_AT + 16 - FAMILY_AT    # family byte .. end of the 16-byte source address
 
 
 def message_offsets(data: bytes, words) -> list:

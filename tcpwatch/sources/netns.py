@@ -128,13 +128,14 @@ class Handles:
     files: dict                  # name -> fd of a counter file
     port_range: int = -1         # fd of ip_local_port_range, -1 if it could not be opened
     cookie: int = 0              # the namespace's cookie (never reused); 0: unknown (Linux < 5.14)
+    ns_fd: int = -1              # the namespace itself, to enter again (-1: tcpwatch's own)
 
     def close(self) -> None:
         self.diag.close()
-        for fd in list(self.files.values()) + ([self.port_range] if self.port_range >= 0 else []):
+        for fd in list(self.files.values()) + [fd for fd in (self.port_range, self.ns_fd) if fd >= 0]:
             os.close(fd)
         self.files = {}
-        self.port_range = -1
+        self.port_range = self.ns_fd = -1
 
     def read_file(self, name: str) -> str:
         return _pread_all(self.files[name])
@@ -190,19 +191,29 @@ class Reader:
             try:
                 if os.fstat(fd).st_ino != ref.inode:   # the pid was reused meanwhile
                     continue
-                return self._open_inside(fd, ref.inode)
+                handles = self._open_inside(fd, ref.inode)
+                handles.ns_fd, fd = fd, -1   # kept: the socket iterator enters it at each scrape
+                return handles
             finally:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
         raise NamespaceGone(errno.ENOENT, f"network namespace {ref.inode} is gone")
 
     def _open_inside(self, ns_fd: int, inode: int) -> Handles:
+        return self._inside(ns_fd, _open_here, inode)
+
+    def inside(self, handles: Handles, call):
+        """``call()`` run by this thread inside the namespace of ``handles``."""
+        return call() if handles.ns_fd < 0 else self._inside(handles.ns_fd, call)
+
+    def _inside(self, ns_fd: int, call, *args):
         if self._libc.setns(ns_fd, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             if err == errno.EPERM:
                 raise NoPrivilege(err, "setns into another network namespace was refused (needs CAP_SYS_ADMIN)")
             raise OSError(err, f"setns: {os.strerror(err)}")
         try:
-            return _open_here(inode)
+            return call(*args)
         finally:
             if self._libc.setns(self._own_fd, CLONE_NEWNET) != 0:
                 # This thread would go on dumping the wrong namespace: never carry on.
