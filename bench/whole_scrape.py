@@ -3,12 +3,14 @@
 
     .venv/bin/python bench/whole_scrape.py                 # K = 100, 1,000 sockets each
     .venv/bin/python bench/whole_scrape.py --k 50 --repeat 7
+    .venv/bin/python bench/whole_scrape.py --child-ehash 0   # every namespace in the shared hash
 
 K namespaces are made with per-namespace socket hashes (net.ipv4.tcp_child_ehash_entries,
 set for the run and put back), each holding bench/mix_worker.py's realistic mix. The daemon
 (`tcpwatch run`, every collector, eBPF on) starts first, then every worker makes its
 TIME_WAIT sockets again, so that the program has transitions and durations in every
 namespace: the exposition then holds every namespace's histograms, as on a busy node. It
+measures the daemon counting with the eBPF socket iterator, then with inet_diag. It
 prints each scrape's wall time, the lines of exposition and the collectors' own durations,
 and, in the same run, node_exporter's tcpstat scrape of tcpwatch's host namespace as the
 peer. Needs root, iproute2 (and prometheus-node-exporter for the peer line).
@@ -37,6 +39,37 @@ def scrape(url):
     return time.perf_counter() - started, body
 
 
+# The whole scrape with each way of counting sockets, in the same run.
+COUNTING = (("counting by eBPF iterator", []),
+            ("counting by inet_diag", ["--no-collector.bpf.socket-iterator"]))
+
+
+def measure(label, flags, workers, repeat, daemons):
+    """Start the daemon with ``flags``, make traffic it sees in every namespace, scrape."""
+    tcpwatch = subprocess.Popen([str(ROOT / ".venv" / "bin" / "tcpwatch"), "run", "--log.level", "error",
+                                 "--web.listen-address", "127.0.0.1:19798", *flags], stderr=subprocess.DEVNULL)
+    daemons.append(tcpwatch)
+    try:
+        url = "http://127.0.0.1:19798/metrics"
+        wait_http(url, 120)
+        for w in workers:          # traffic the program sees: every namespace's counters live
+            w.refresh_time_wait()
+        for w in workers:
+            w.ready()
+        scrape(url)                # warm-up: the namespaces are entered here
+        walls = []
+        print(f" {label}")
+        for _ in range(repeat):
+            wall, body = scrape(url)
+            walls.append(wall)
+            durations = {name: round(float(v), 3) for name, v in DURATION.findall(body)}
+            print(f"  whole scrape {wall:.3f} s, {body.count(chr(10))} lines, collectors {durations}", flush=True)
+        print(f"  median {statistics.median(walls):.3f} s (min {min(walls):.3f}, max {max(walls):.3f})")
+    finally:
+        tcpwatch.terminate()
+        tcpwatch.wait(10)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--k", type=int, default=100)
@@ -55,25 +88,10 @@ def main():
             workers.append(Worker(name, args.per_netns))
         for w in workers:
             w.ready()
-        tcpwatch = subprocess.Popen([str(ROOT / ".venv" / "bin" / "tcpwatch"), "run", "--log.level", "error",
-                                     "--web.listen-address", "127.0.0.1:19798"], stderr=subprocess.DEVNULL)
-        daemons.append(tcpwatch)
-        url = "http://127.0.0.1:19798/metrics"
-        wait_http(url, 120)
-        for w in workers:          # traffic the program sees: every namespace's counters live
-            w.refresh_time_wait()
-        for w in workers:
-            w.ready()
-        scrape(url)                # warm-up: the namespaces are entered here
-        walls = []
-        print(f"tcpwatch, K={args.k} namespaces x {args.per_netns} sockets, per-namespace hashes "
-              f"({args.child_ehash} buckets)")
-        for _ in range(args.repeat):
-            wall, body = scrape(url)
-            walls.append(wall)
-            durations = {name: round(float(v), 3) for name, v in DURATION.findall(body)}
-            print(f"  whole scrape {wall:.3f} s, {body.count(chr(10))} lines, collectors {durations}", flush=True)
-        print(f"  median {statistics.median(walls):.3f} s")
+        hashes = f"per-namespace hashes ({args.child_ehash} buckets)" if args.child_ehash else "the shared hash"
+        print(f"tcpwatch, K={args.k} namespaces x {args.per_netns} sockets, {hashes}")
+        for label, flags in COUNTING:
+            measure(label, flags, workers, args.repeat, daemons)
         node = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
         if node:
             peer = subprocess.Popen([node, "--collector.disable-defaults", "--collector.tcpstat",

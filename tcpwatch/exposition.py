@@ -59,6 +59,20 @@ def _escape_value(value: str) -> str:
     return value
 
 
+class RenderedLabels(dict):
+    """Labels that carry their own rendered text (``{a="x",b="y"}``): a collector that emits
+    the same label sets at every scrape (histogram buckets) builds them once, and this
+    encoder writes the text as it is. generate_latest reads them as the dicts they are."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, labels):
+        super().__init__(labels)
+        legal = all(_LEGACY_LABEL.match(key) for key in self)
+        self.text = ("{" + ",".join(f'{key}="{_escape_value(self[key])}"' for key in sorted(self)) + "}"
+                     if legal else None)
+
+
 def _render(families) -> str:
     output = []
     orders = {}      # label names in insertion order -> sorted names (checked once)
@@ -80,7 +94,9 @@ def _render(families) -> str:
             if sample.timestamp is not None or not _LEGACY_NAME.match(sample_name):
                 raise _Unhandled(sample_name)
             labels = sample.labels
-            if labels:
+            if type(labels) is RenderedLabels and labels.text is not None:
+                output.append(f"{sample_name}{labels.text} {floatToGoString(sample.value)}\n")
+            elif labels:
                 keys = tuple(labels)
                 order = orders.get(keys)
                 if order is None:

@@ -9,20 +9,27 @@ cumulative with an upper bound, so bucket ``le = 2^(FIRST_SLOT+j) ns`` is the su
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 FIRST_SLOT = 10   # le = 2^10 ns, about 1 µs: shorter stays land in the first bucket
 LAST_SLOT = 45    # le = 2^45 ns, about 9.8 h: longer stays count only in +Inf
 SLOTS = LAST_SLOT - FIRST_SLOT + 2
 
 
+# Every bucket's upper bound in seconds, +Inf last.
+BOUNDS = tuple(2.0 ** (FIRST_SLOT + j) / 1e9 for j in range(SLOTS - 1)) + (float("inf"),)
+
+
+def cumulative_counts(slots) -> list:
+    """The cumulative count of every bucket of BOUNDS, empty ones included, +Inf last."""
+    counts = list(accumulate(list(slots[:SLOTS - 1]) + [0] * (SLOTS - 1 - len(slots[:SLOTS - 1]))))
+    counts.append(sum(slots))
+    return counts
+
+
 def cumulative_buckets(slots) -> list:
     """[(le seconds, cumulative count)] for every bound, empty ones included, then +Inf."""
-    running = 0
-    buckets = []
-    for j in range(SLOTS - 1):
-        running += slots[j] if j < len(slots) else 0
-        buckets.append((2.0 ** (FIRST_SLOT + j) / 1e9, running))
-    buckets.append((float("inf"), sum(slots)))
-    return buckets
+    return list(zip(BOUNDS, cumulative_counts(slots)))
 
 
 def quantile(q: float, buckets) -> float | None:

@@ -41,6 +41,23 @@ def test_any_label_value_is_escaped_like_prometheus_client(values):
     assert ours == theirs
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(min_size=0, max_size=20), min_size=1, max_size=8))
+def test_labels_rendered_once_write_what_prometheus_client_writes(values):
+    from prometheus_client.samples import Sample
+
+    gauge = GaugeMetricFamily("tcpwatch_x", "x", labels=["state", "netns"])
+    for i, v in enumerate(values):
+        gauge.samples.append(Sample("tcpwatch_x", exposition.RenderedLabels({"state": v, "netns": v + "\\"}), i,
+                                    None, None))
+    illegal = GaugeMetricFamily("tcpwatch_z", "z")
+    illegal.samples.append(Sample("tcpwatch_z", exposition.RenderedLabels({"not-legal": "x"}), 1, None, None))
+    ours, theirs = both(gauge)
+    assert ours == theirs
+    ours, theirs = both(illegal)
+    assert ours == theirs and exposition.RenderedLabels({"not-legal": "x"}).text is None
+
+
 def test_histograms_infos_and_unlabelled_samples():
     histogram = HistogramMetricFamily("tcpwatch_h", "h", labels=["state"])
     histogram.add_metric(["syn_sent"], [("0.001", 1), ("+Inf", 3)], 0.5)

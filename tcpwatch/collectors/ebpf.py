@@ -3,10 +3,14 @@ the eBPF program counts in the kernel (sources/bpf.py), per network namespace.""
 
 from __future__ import annotations
 
+from itertools import repeat
+
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from .. import histograms, namespaces, states
+from ..exposition import RenderedLabels
 from ..snapshot import EBPF
 from . import Collector, register
 
@@ -21,9 +25,13 @@ class EbpfCollector(Collector):
     def enabled(cls, settings, ebpf_loaded: bool) -> bool:
         return ebpf_loaded
 
+    def __init__(self, settings, clock=None):
+        super().__init__(settings, clock)
+        self._rows = HistogramRows()
+
     def collect(self, snapshot) -> list:
         reading = snapshot.reading
-        transitions, duration, retransmits, resets = _per_namespace(snapshot.groups)
+        transitions, duration, retransmits, resets = _per_namespace(snapshot.groups, self._rows)
         attach, tracked, untracked = _program_wide(reading)
         return [transitions, duration, untracked, retransmits, resets, attach, tracked]
 
@@ -59,7 +67,36 @@ def _program_wide(reading) -> tuple:
     return attach, tracked, untracked
 
 
-def _per_namespace(groups) -> tuple:
+LE_TEXT = [floatToGoString(le) for le in histograms.BOUNDS]
+
+
+class HistogramRows:
+    """The label sets of each (netns, state) histogram's 39 samples, kept from one scrape to
+    the next: made as RenderedLabels once, not as 39 fresh dicts that are escaped and sorted
+    again at every scrape (at 100 busy namespaces, most of this collector's time). Only the
+    label sets used at the last scrape are kept."""
+
+    def __init__(self):
+        self._kept, self._used = {}, {}
+
+    def add(self, family, labels: tuple, counts: list, total: float) -> None:
+        """``counts``: cumulative, one per bucket of histograms.BOUNDS."""
+        rows = self._used.get(labels) or self._kept.get(labels)
+        if rows is None:
+            plain = dict(zip(("netns", "state"), labels))
+            rows = ([RenderedLabels({**plain, "le": le}) for le in LE_TEXT], RenderedLabels(plain))
+        self._used[labels] = rows
+        bucket_rows, plain = rows
+        name = family.name
+        family.samples.extend(map(Sample, repeat(name + "_bucket"), bucket_rows, counts, repeat(None), repeat(None)))
+        family.samples.append(Sample(name + "_count", plain, counts[-1], None, None))
+        family.samples.append(Sample(name + "_sum", plain, total, None, None))
+
+    def end_scrape(self) -> None:
+        self._kept, self._used = self._used, {}
+
+
+def _per_namespace(groups, rows: HistogramRows) -> tuple:
     """Transitions, time in state, retransmits and resets of every netns label that had
     activity (host always)."""
     transitions = CounterMetricFamily(
@@ -96,11 +133,10 @@ def _per_namespace(groups) -> tuple:
             slots = total.duration_slots.get(state)
             if not any(slots or ()) and label != namespaces.HOST:
                 continue
-            slots = slots or []
-            buckets = [(floatToGoString(le), count) for le, count in histograms.cumulative_buckets(slots)]
-            duration.add_metric([label, states.name(state)], buckets,
-                                total.duration_sum_ns.get(state, 0) / 1e9)
+            rows.add(duration, (label, states.name(state)), histograms.cumulative_counts(slots or []),
+                     total.duration_sum_ns.get(state, 0) / 1e9)
         retransmits.add_metric([label], total.counters.get("retransmits", 0))
         resets.add_metric([label, "sent"], total.counters.get("resets_sent", 0))
         resets.add_metric([label, "received"], total.counters.get("resets_received", 0))
+    rows.end_scrape()
     return transitions, duration, retransmits, resets
