@@ -161,6 +161,15 @@ class NetnsInfo:
     container_id: str = ""
 
 
+# The kernel's counters read per namespace (/proc/net/netstat and snmp): those tcpwatch
+# exports (collectors/netns.py), and only those, are parsed and kept.
+KERNEL_FIELDS = {
+    "TcpExt": frozenset(("ListenOverflows", "ListenDrops", "TCPTimeWaitOverflow", "TCPAbortOnClose",
+                         "TCPAbortOnData", "TCPAbortOnTimeout", "TCPAbortOnMemory", "TCPAbortOnLinger")),
+    "Tcp": frozenset(("ActiveOpens", "PassiveOpens")),
+}
+
+
 @dataclass
 class NetnsDump:
     """What one scrape read in one namespace."""

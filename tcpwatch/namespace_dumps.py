@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from . import namespaces
-from .model import DumpWants, NamespaceDumps, NetnsDump, NetnsInfo
+from .model import KERNEL_FIELDS, DumpWants, NamespaceDumps, NetnsDump, NetnsInfo
 from .sources import inet_diag, netns, runtime
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class NamespaceDumper:
         counters = {}
         for name in handles.files:
             try:
-                counters.update(netns.parse_counters(handles.read_file(name)))
+                counters.update(netns.parse_counters(handles.read_file(name), KERNEL_FIELDS))
             except OSError as exc:
                 log.debug("counter file unreadable", extra={"netns": info.name, "error": str(exc)})
         try:

@@ -53,6 +53,17 @@ def test_proc_net_snmp_and_netstat_parse_into_groups():
     assert ext == {"SyncookiesSent": 0, "ListenOverflows": 4, "ListenDrops": 5}   # "x" is skipped
     assert netns.parse_counters("Tcp: A\nUdp: 1\n") == {}                         # mismatched pair
     assert netns.parse_counters("") == {}
+    wanted = netns.parse_counters(SNMP + NETSTAT, {"Tcp": {"ActiveOpens"}})
+    assert wanted == {"Tcp": {"ActiveOpens": 12}}                                   # only what is exported
+
+
+def test_every_exported_kernel_counter_is_parsed():
+    from tcpwatch.collectors import netns as collector
+    from tcpwatch.model import KERNEL_FIELDS
+
+    exported = {(group, name) for _metric, group, name, _help in collector._KERNEL_COUNTERS}
+    exported |= {("TcpExt", name) for _reason, name in collector._ABORTS} | {("Tcp", "ActiveOpens"), ("Tcp", "PassiveOpens")}
+    assert exported == {(group, name) for group, names in KERNEL_FIELDS.items() for name in names}
 
 
 def test_container_id_is_the_last_64_hex_digits_of_the_cgroup_path():

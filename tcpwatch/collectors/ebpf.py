@@ -88,7 +88,9 @@ class HistogramRows:
         self._used[labels] = rows
         bucket_rows, plain = rows
         name = family.name
-        family.samples.extend(map(Sample, repeat(name + "_bucket"), bucket_rows, counts, repeat(None), repeat(None)))
+        none = repeat(None)   # timestamp, exemplar, native histogram; Sample built in C, not by its __new__
+        family.samples.extend(map(tuple.__new__, repeat(Sample),
+                                  zip(repeat(name + "_bucket"), bucket_rows, counts, none, none, none)))
         family.samples.append(Sample(name + "_count", plain, counts[-1], None, None))
         family.samples.append(Sample(name + "_sum", plain, total, None, None))
 

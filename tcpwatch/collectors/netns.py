@@ -12,7 +12,8 @@ from .. import namespaces
 from ..snapshot import NETNS
 from . import Collector, register
 
-# Kernel counters exported per namespace: (group, field in /proc/net/netstat or snmp).
+# Kernel counters exported per namespace: (group, field in /proc/net/netstat or snmp); each
+# is in model.KERNEL_FIELDS, the fields the dumps parse and keep.
 _ABORTS = (("close", "TCPAbortOnClose"), ("data", "TCPAbortOnData"), ("timeout", "TCPAbortOnTimeout"),
            ("memory", "TCPAbortOnMemory"), ("linger", "TCPAbortOnLinger"))
 _KERNEL_COUNTERS = (

@@ -22,6 +22,7 @@ from .inet_diag_layout import (
 
 
 TIME_WAIT_MARK = bytes(i == states.TIME_WAIT for i in range(256))
+CLOSE_WAIT_MARK = bytes(i == states.CLOSE_WAIT for i in range(256))
 ZERO_MARK = bytes(i == 0 for i in range(256))
 HEAD_END = SPORT_AT + 2   # family, state, timer, retrans, local port
 
@@ -196,7 +197,7 @@ class Decoder:
         """Every CLOSE_WAIT socket of a chunk as a CloseWaitSocket, built column by column
         (cookies, addresses, ports) with no Python per socket; those still in an accept
         queue (inode 0) also counted as unaccepted."""
-        chosen = list(compress(range(len(state_bytes)), map(states.CLOSE_WAIT.__eq__, state_bytes)))
+        chosen = list(compress(range(len(state_bytes)), state_bytes.translate(CLOSE_WAIT_MARK)))
         at = gather(chosen, offsets)
         words = memoryview(data).cast("I")
         low = gather(list(map((COOKIE_AT // 4).__add__, map((2).__rrshift__, at))), words)

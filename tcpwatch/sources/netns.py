@@ -280,11 +280,11 @@ def netns_cookie(sock) -> int:
         return 0
 
 
-def parse_counters(text: str) -> dict:
+def parse_counters(text: str, wanted=None) -> dict:
     """``/proc/net/netstat`` or ``/proc/net/snmp`` as {"TcpExt": {"ListenOverflows": n}, ...}.
 
     Both files are pairs of lines: a header of names, then a line of values, each starting
-    with the same "Group:" word.
+    with the same "Group:" word. ``wanted`` ({group: names}): keep only those.
     """
     groups = {}
     lines = text.splitlines()
@@ -292,11 +292,15 @@ def parse_counters(text: str) -> dict:
         names, numbers = header.split(), values.split()
         if not names or names[0] != numbers[0] or not names[0].endswith(":"):
             continue
+        keep = wanted.get(names[0][:-1]) if wanted is not None else None
+        if wanted is not None and keep is None:
+            continue
         group = groups.setdefault(names[0][:-1], {})
         for name, number in zip(names[1:], numbers[1:]):
+            if keep is not None and name not in keep:
+                continue
             try:
                 group[name] = int(number)
             except ValueError:
                 continue
     return groups
-
