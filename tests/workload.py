@@ -11,6 +11,7 @@ import argparse
 import ctypes
 import json
 import socket
+import subprocess
 import sys
 import time
 
@@ -224,6 +225,37 @@ def scenario_time_wait(args, held):
     return {"state": "reused"}
 
 
+def scenario_time_wait_restart(args, held):
+    """A TIME_WAIT socket whose 2MSL timer restarts: its ACK of the peer's FIN is dropped
+    (iptables, in this process's namespace) for a second, so the peer sends its FIN again,
+    each time restarting 2MSL; then, ``--seconds`` later, its 4-tuple is reused."""
+    lst = listener(args.family)
+    held.append(lst)
+
+    def connect_from(client_port):
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        client.bind((host(args.family), client_port))
+        client.connect((host(args.family), lst.getsockname()[1]))
+        return client, lst.accept()[0]
+
+    client, server = connect_from(args.client_port)
+    rule = ["OUTPUT", "-p", "tcp", "--sport", str(args.client_port), "--tcp-flags", "ALL", "ACK", "-j", "DROP"]
+    subprocess.run(["iptables", "-w", "-A", *rule], check=True)
+    try:
+        client.close()                    # active closer: FIN_WAIT1, FIN_WAIT2
+        server.settimeout(5)
+        assert server.recv(1) == b""
+        server.close()                    # its FIN: the client enters TIME_WAIT, its ACK is lost
+        time.sleep(1.0)                   # the FIN comes again (RTO 0.2 s, doubling)
+    finally:
+        subprocess.run(["iptables", "-w", "-D", *rule], check=True)
+    say({"state": "restarted"})
+    time.sleep(args.seconds)
+    held.extend(connect_from(args.client_port))   # reuses the TIME_WAIT socket's 4-tuple
+    return {"state": "reused"}
+
+
 def scenario_traffic(args, held):
     """``--rounds`` rounds, ``--seconds`` apart: ``count`` connections opened and closed (the
     client first, so TIME_WAIT) and ``--close`` connects refused by a port nobody listens on.
@@ -287,7 +319,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario", choices=["states", "leak", "listen", "connect", "pairs", "churn",
                                              "close_wait_for", "fin_wait1_self", "time_wait", "traffic",
-                                             "ports"])
+                                             "ports", "time_wait_restart"])
     parser.add_argument("--listen-port", type=int, default=0)
     parser.add_argument("--host", help="address to listen on or connect to (default loopback)")
     parser.add_argument("--client-port", type=int, default=0)

@@ -51,12 +51,14 @@
  *   after birth, so age = TW_LEN_JIFFIES - (expires - jiffies). No map, nothing stored at
  *   birth, and timewait sockets born before tcpwatch started are timed too.
  *     - timer_expire_entry: the normal death after 2MSL.
- *     - timer_cancel: an early death (reuse of its 4-tuple, or an RST), unless the next
- *       timer event on the same CPU is the same timer starting (mod_timer() cancels and starts
- *       under the timer base's lock: a reschedule, the peer's FIN came again and 2MSL
- *       restarts; such a socket is timed from its last restart) or expiring (the kernel
- *       detaches an expiring timer, which fires timer_cancel, right before running it). A
- *       cancel is therefore settled at the next timer event on its CPU.
+ *     - timer_cancel: an early death (reuse of its 4-tuple, or an RST), unless the timer is
+ *       being restarted (mod_timer() cancels and starts it under the timer base's lock: the
+ *       peer's FIN came again and 2MSL restarts; such a socket is timed from its last
+ *       restart) or about to run (the kernel detaches an expiring timer, which fires
+ *       timer_cancel, right before running it). A cancel is therefore settled at the next
+ *       state change, cancel or expiry on its CPU (tw_settle): a death unless the timer's
+ *       socket is still the same, its timer pending again or expiring. No hook on
+ *       timer_start, the most frequent timer event of a busy TCP host.
  *   Ages have the precision of a jiffy (TICK_NS). A timewait socket standing in for an
  *   orphaned FIN_WAIT2 socket (substate FIN_WAIT2) is not timed. The timer hooks run for
  *   every kernel timer; for all but timewait timers they compare one pointer and return.
@@ -337,10 +339,12 @@ static __always_inline int port_tracked(u16 sport, u16 dport)
 struct tw_cancel {
     u64 timer;                /* a timewait timer cancelled just now on this CPU; 0: none */
     u64 age_ns;
+    u64 cookie;               /* the timewait socket's cookie and ports when cancelled: the */
+    u32 ports;                /* same socket at the settling if they are unchanged */
+    u32 pad;
     struct netns_id netns;
 #ifdef EMIT_EVENTS
-    u64 cookie;               /* who died, read while the socket was alive: for the trace */
-    struct tuple tuple;
+    struct tuple tuple;       /* who died, read while the socket was alive: for the trace */
 #endif
 };
 BPF_PERCPU_ARRAY(tw_cancelled, struct tw_cancel, 1);
@@ -414,9 +418,41 @@ static __always_inline void tw_emit(void *ctx, u64 age, u64 cookie, const struct
 }
 #endif
 
-/* Settles a cancel left on this CPU: a death, unless `next` is that same timer, started again
- * (a reschedule: the socket stays in TIME_WAIT) or expiring (the kernel detaches a timer, with
- * a timer_cancel event, just before running it). */
+/* The timewait socket's cookie, and its ports as one word: what tells it from another
+ * timewait socket that took its memory (timewait sockets come from a SLAB_TYPESAFE_BY_RCU
+ * cache, whose freed objects are handed out again at once). */
+static __always_inline u64 tw_cookie(u64 timer, u32 *ports)
+{
+    u64 cookie = 0;
+    u16 sport = 0, dport = 0;
+    bpf_probe_read_kernel(&cookie, sizeof(cookie), TW_FIELD(timer, OFF_SKC_COOKIE));
+    bpf_probe_read_kernel(&sport, sizeof(sport), TW_FIELD(timer, OFF_SKC_NUM));
+    bpf_probe_read_kernel(&dport, sizeof(dport), TW_FIELD(timer, OFF_SKC_DPORT));
+    *ports = (u32)sport << 16 | dport;
+    return cookie;
+}
+
+/* Whether the cancelled timer still belongs to a live timewait socket: the same socket, its
+ * timer still the timewait handler, and either armed again (a 2MSL restart: mod_timer()
+ * cancels and starts it under its base's lock, so it is pending by any later event) or about
+ * to run (`expiring`: the kernel detaches a timer, with a timer_cancel event, just before
+ * running it). A socket that died has its timer deleted (not pending) or shut down (no
+ * handler). */
+static __always_inline int tw_alive(const struct tw_cancel *cancelled, u64 timer, int expiring)
+{
+    u64 function = 0, pprev = 0;
+    u32 ports = 0;
+    bpf_probe_read_kernel(&function, sizeof(function), (const void *)(timer + OFF_TIMER_FUNCTION));
+    if (function != TW_TIMER_HANDLER || tw_cookie(timer, &ports) != cancelled->cookie || ports != cancelled->ports)
+        return 0;
+    if (expiring)
+        return 1;
+    bpf_probe_read_kernel(&pprev, sizeof(pprev), (const void *)(timer + OFF_TIMER_PPREV));
+    return pprev != 0;        /* timer_pending() */
+}
+
+/* Settles a cancel left on this CPU, at the next state change, cancel or expiry there: a
+ * death, unless the timer's socket is alive (tw_alive). `next`: the timer of this event. */
 static __always_inline void tw_settle(void *ctx, u64 next)
 {
     u32 zero = 0;
@@ -425,22 +461,17 @@ static __always_inline void tw_settle(void *ctx, u64 next)
         return;
     u64 timer = cancelled->timer;
     cancelled->timer = 0;
-    if (timer != next) {
-        observe(stats_of(netns_slot(cancelled->netns)), TCP_TIME_WAIT, cancelled->age_ns);
+    if (tw_alive(cancelled, timer, timer == next))
+        return;
+    observe(stats_of(netns_slot(cancelled->netns)), TCP_TIME_WAIT, cancelled->age_ns);
 #ifdef EMIT_EVENTS
-        tw_emit(ctx, cancelled->age_ns, cancelled->cookie, &cancelled->tuple);
+    tw_emit(ctx, cancelled->age_ns, cancelled->cookie, &cancelled->tuple);
 #endif
-    }
-}
-
-static __always_inline void tw_timer_started(void *ctx, u64 timer)
-{
-    tw_settle(ctx, timer);
 }
 
 static __always_inline void tw_timer_cancelled(void *ctx, u64 timer, u64 function, u64 expires)
 {
-    tw_settle(ctx, 0);
+    tw_settle(ctx, timer);    /* a second cancel of the same timer: it had been restarted */
     u64 age = tw_age(timer, function, expires);
     u32 zero = 0;
     struct tw_cancel *cancelled = tw_cancelled.lookup(&zero);
@@ -448,9 +479,11 @@ static __always_inline void tw_timer_cancelled(void *ctx, u64 timer, u64 functio
         return;
     cancelled->timer = timer;
     cancelled->age_ns = age;
+    cancelled->cookie = tw_cookie(timer, &cancelled->ports);
     cancelled->netns = tw_netns(timer);
 #ifdef EMIT_EVENTS
-    tw_identity(timer, &cancelled->cookie, &cancelled->tuple);
+    u64 unused = 0;
+    tw_identity(timer, &unused, &cancelled->tuple);
     cancelled->tuple.netns = cancelled->netns.inum;
 #endif
 }
@@ -470,6 +503,9 @@ static __always_inline void tw_timer_expired(void *ctx, u64 timer, u64 function,
     tw_emit(ctx, age, cookie, &t);
 #endif
 }
+#define SETTLE_TIME_WAIT(ctx) tw_settle(ctx, 0)
+#else
+#define SETTLE_TIME_WAIT(ctx)
 #endif /* TRACK_TIME_WAIT */
 
 
@@ -658,6 +694,7 @@ static __always_inline u16 sk_local_port(const void *sk)
 
 int tp_btf_inet_sock_set_state(u64 *ctx)
 {
+    SETTLE_TIME_WAIT(ctx);
     const void *sk = (const void *)ctx[0];
     if (KREAD(u16, sk, OFF_SK_PROTOCOL) != IPPROTO_TCP)
         return 0;
@@ -714,12 +751,6 @@ int tp_btf_tcp_receive_reset(u64 *ctx)
 }
 
 #ifdef TRACK_TIME_WAIT
-int tp_btf_timer_start(u64 *ctx)
-{
-    tw_timer_started(ctx, ctx[0]);
-    return 0;
-}
-
 int tp_btf_timer_expire_entry(u64 *ctx)
 {
     const void *timer = (const void *)ctx[0];
@@ -739,6 +770,7 @@ int tp_btf_timer_cancel(u64 *ctx)
 
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
+    SETTLE_TIME_WAIT(args);
     if (args->protocol != IPPROTO_TCP)
         return 0;
     struct change c = {.sk = args->skaddr, .oldstate = args->oldstate, .newstate = args->newstate};
@@ -782,12 +814,6 @@ TRACEPOINT_PROBE(tcp, tcp_receive_reset)
 }
 
 #ifdef TRACK_TIME_WAIT
-TRACEPOINT_PROBE(timer, timer_start)
-{
-    tw_timer_started(args, (u64)args->timer);
-    return 0;
-}
-
 TRACEPOINT_PROBE(timer, timer_expire_entry)
 {
     tw_timer_expired(args, (u64)args->timer, (u64)args->function, KREAD(u64, args->timer, OFF_TIMER_EXPIRES));

@@ -11,8 +11,7 @@ TP_BTF_HOOKS = (("tp_btf_inet_sock_set_state", "inet_sock_set_state"),
                 ("tp_btf_tcp_retransmit_skb", "tcp_retransmit_skb"),
                 ("tp_btf_tcp_send_reset", "tcp_send_reset"),
                 ("tp_btf_tcp_receive_reset", "tcp_receive_reset"))
-TP_BTF_TIMER_HOOKS = (("tp_btf_timer_start", "timer_start"),
-                      ("tp_btf_timer_expire_entry", "timer_expire_entry"),
+TP_BTF_TIMER_HOOKS = (("tp_btf_timer_expire_entry", "timer_expire_entry"),
                       ("tp_btf_timer_cancel", "timer_cancel"))
 
 # Every kernel field the program reads: -D name -> (struct, member path, the size each read
@@ -35,6 +34,7 @@ FIELDS = {
     "OFF_DEV_ND_NET": ("net_device", "nd_net", 8),
     "OFF_TIMER_FUNCTION": ("timer_list", "function", 8),
     "OFF_TIMER_EXPIRES": ("timer_list", "expires", 8),
+    "OFF_TIMER_PPREV": ("timer_list", "entry.pprev", 8),
     "OFF_TW_TIMER": ("inet_timewait_sock", "tw_timer", None),   # only its start is used
     "OFF_TW_SUBSTATE": ("inet_timewait_sock", "tw_substate", 1),
 }

@@ -107,8 +107,8 @@ def load_here(request: Request, plan: Plan) -> LoadedProgram:
             attempt = after_refusal(request, plan, attempt, str(exc))
     loaded.attach = AttachChoice(attempt.mode, attempt.reason, attempt.detail)
     if attempt.detail:
-        lost = ("; without BTF there are no namespace inodes (netns 0) and no time_wait timing"
-                if plan.layout_error else "")
+        lost = ("; without BTF there are no namespace inodes (netns 0), no time_wait timing, and sockets "
+                "are counted with inet_diag" if plan.layout_error else "")
         loaded.notes.append(("warning", "ebpf: tp_btf not used, attached to the classic tracepoints" + lost,
                              {"reason": attempt.detail}))
     if plan.owner_iterator_id is not None:
@@ -117,7 +117,8 @@ def load_here(request: Request, plan: Plan) -> LoadedProgram:
         loaded.notes.append(("info", ITERATOR_FALLBACKS[OWNER_ITERATOR], {"reason": plan.no_owner_iterator}))
     if plan.socket_iterator_id is not None:
         _attach_iterator(loaded, SOCKET_ITERATOR, plan.socket_iterator_id)
-    elif plan.no_socket_iterator:
+    elif plan.no_socket_iterator and not (attempt.detail and plan.layout_error):
+        # (without BTF the fallback's warning above says it)
         loaded.notes.append(("warning", ITERATOR_FALLBACKS[SOCKET_ITERATOR], {"reason": plan.no_socket_iterator}))
     return loaded
 
