@@ -197,7 +197,7 @@ class Tcpstates:
         tool = shutil.which("tcpstates-bpfcc") or "/usr/sbin/tcpstates-bpfcc"
         self.proc = subprocess.Popen([tool], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         if not self.proc.stdout.readline():   # its header: attached
-            raise SystemExit("tcpstates-bpfcc did not start")
+            raise RuntimeError("it did not start: it compiles against kernel headers, which this machine may lack")
         self._drain = threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True)
         self._drain.start()
 
@@ -372,6 +372,19 @@ def per_program_cost(binary, seconds, tool):
     return rate, rows
 
 
+def print_row(label, ratio, low, high, rate):
+    extra = (1 / ratio - 1) / rate / TRANSITIONS_PER_CONNECTION * 1e9
+    print(f"{label:40} {ratio:>6.3f}x {low:>6.3f}-{high:<6.3f} {extra:>14.0f} {rate:>18.0f}", flush=True)
+
+
+def print_stats(mode, rate, rows):
+    print(f"\nbpf_stats, tcpwatch {mode}, TIME_WAIT timing on ({rate:.0f} conn/s with stats on):")
+    print(f"  {'program':18} {'runs/conn':>10} {'ns/run':>8} {'ns/conn':>8}")
+    for name, runs, ns_per_run, ns_per_connection in rows:
+        print(f"  {name[:18]:18} {runs:>10.2f} {ns_per_run:>8.0f} {ns_per_connection:>8.0f}")
+    print(f"  {'total':18} {'':>10} {'':>8} {sum(r[3] for r in rows):>8.0f}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20, help="churn run per in-process tool")
@@ -402,33 +415,31 @@ def main():
         for label, _ in in_process:
             ratio, low, high, rate = (statistics.median(run[i] for run in runs[label]) for i in range(4))
             results.append((label, ratio, low, high, rate))
+        print(f"connection churn, one thread on loopback. In process: {args.rounds} runs of {args.seconds:g} s per "
+              f"tool, attached and detached every {args.slice:g} s (medians over runs; quartiles of the ratio "
+              f"per pair of slices). Processes: {args.process_pairs} pairs of {args.process_seconds:g} s runs, "
+              f"started and stopped (median; quartiles over pairs).")
+        print(f"{'':40} {'ratio':>7} {'quartiles':>13} {'ns/transition':>14} {'unattached conn/s':>18}")
+        for row in results:
+            print_row(*row)
         for label, make in as_process:
-            results.append((label, *paired(binary, args.process_seconds, args.process_pairs, make())))
+            try:
+                row = (label, *paired(binary, args.process_seconds, args.process_pairs, make()))
+            except RuntimeError as exc:
+                print(f"{label}: not measured, {exc}", flush=True)
+                continue
+            results.append(row)
+            print_row(*row)
+        lost = {label: 1 - ratio for label, ratio, *_ in results}
+        if "tcpstates-bpfcc" in lost:
+            print(f"lost throughput, tcpwatch tp_btf / tcpstates-bpfcc: "
+                  f"{lost['tcpwatch tp_btf'] / lost['tcpstates-bpfcc']:.3f}")
         busy, idle, busy_rate = daemon_cpu(binary, args.seconds)
-        stats = []
+        print(f"`tcpwatch run` (tp_btf, scraped 1/s) CPU: {busy * 100:.2f}% during {args.seconds:g} s of churn "
+              f"({busy_rate:.0f} conn/s), {idle * 100:.2f}% during as long idle", flush=True)
         if not args.no_stats:
             for mode in ("tp_btf", "tracepoint"):
-                stats.append((mode, *per_program_cost(binary, 3.0, InProcess.tcpwatch(mode, True))))
-
-    print(f"connection churn, one thread on loopback. In process: {args.rounds} runs of {args.seconds:g} s per "
-          f"tool, attached and detached every {args.slice:g} s (medians over runs; quartiles of the ratio "
-          f"per pair of slices). Processes: {args.process_pairs} pairs of {args.process_seconds:g} s runs, "
-          f"started and stopped (median; quartiles over pairs).")
-    print(f"{'':40} {'ratio':>7} {'quartiles':>13} {'ns/transition':>14} {'unattached conn/s':>18}")
-    for label, ratio, low, high, rate in results:
-        extra = (1 / ratio - 1) / rate / TRANSITIONS_PER_CONNECTION * 1e9
-        print(f"{label:40} {ratio:>6.3f}x {low:>6.3f}-{high:<6.3f} {extra:>14.0f} {rate:>18.0f}")
-    lost = {label: 1 - ratio for label, ratio, *_ in results}
-    print(f"lost throughput, tcpwatch tp_btf / tcpstates-bpfcc: "
-          f"{lost['tcpwatch tp_btf'] / lost['tcpstates-bpfcc']:.3f}")
-    print(f"`tcpwatch run` (tp_btf, scraped 1/s) CPU: {busy * 100:.2f}% during {args.seconds:g} s of churn "
-          f"({busy_rate:.0f} conn/s), {idle * 100:.2f}% during as long idle")
-    for mode, rate, rows in stats:
-        print(f"\nbpf_stats, tcpwatch {mode}, TIME_WAIT timing on ({rate:.0f} conn/s with stats on):")
-        print(f"  {'program':18} {'runs/conn':>10} {'ns/run':>8} {'ns/conn':>8}")
-        for name, runs, ns_per_run, ns_per_connection in rows:
-            print(f"  {name[:18]:18} {runs:>10.2f} {ns_per_run:>8.0f} {ns_per_connection:>8.0f}")
-        print(f"  {'total':18} {'':>10} {'':>8} {sum(r[3] for r in rows):>8.0f}")
+                print_stats(mode, *per_program_cost(binary, 3.0, InProcess.tcpwatch(mode, True)))
     return 0
 
 
