@@ -35,6 +35,21 @@ def _column(data: bytes, offsets, field_at: int):
     return gather(list(map((field_at // 4).__add__, map((2).__rrshift__, offsets))), words)
 
 
+_WORD, _BYTE = "word", "byte"
+
+
+def _picked(data: bytes, offsets, at: list, chosen: list, field_at: int, kind: str) -> list:
+    """The u32 (``_WORD``) or the byte at ``field_at`` of the chosen messages, which start at
+    ``at``: picked from a strided column when the messages share a length."""
+    if isinstance(offsets, range):
+        column = (_column(data, offsets, field_at) if kind == _WORD
+                  else data[offsets.start + field_at:offsets.stop:offsets.step])
+        return gather(chosen, column)
+    if kind == _WORD:
+        return gather(list(map((field_at // 4).__add__, map((2).__rrshift__, at))), memoryview(data).cast("I"))
+    return gather(list(map(field_at.__add__, at)), data)
+
+
 def _unaccepted_mask(data: bytes, columns) -> bytes:
     """1 for each message of a socket with no inode in a state of an accept queue, else 0.
     When the messages share a length, computed on whole columns as big integers (no Python
@@ -199,9 +214,7 @@ class Decoder:
         queue (inode 0) also counted as unaccepted."""
         chosen = list(compress(range(len(state_bytes)), state_bytes.translate(CLOSE_WAIT_MARK)))
         at = gather(chosen, offsets)
-        words = memoryview(data).cast("I")
-        low = gather(list(map((COOKIE_AT // 4).__add__, map((2).__rrshift__, at))), words)
-        high = gather(list(map((COOKIE_AT // 4 + 1).__add__, map((2).__rrshift__, at))), words)
+        low, high = (_picked(data, offsets, at, chosen, COOKIE_AT + i, _WORD) for i in (0, 4))
         cookies = list(map(or_, low, map((32).__rlshift__, high)))
         families = bytes(gather(chosen, family_bytes))
         lengths = families.translate(ADDR_LEN)
@@ -211,9 +224,8 @@ class Decoder:
             starts = list(map(field_at.__add__, at))
             return list(map(data.__getitem__, map(slice, starts, map(add, starts, lengths))))
 
-        def ports(field_at):
-            high_bytes = gather(list(map(field_at.__add__, at)), data)
-            low_bytes = gather(list(map((field_at + 1).__add__, at)), data)
+        def ports(field_at):   # big-endian: high byte, then low byte
+            high_bytes, low_bytes = (_picked(data, offsets, at, chosen, field_at + i, _BYTE) for i in (0, 1))
             return list(map(add, map((8).__rlshift__, high_bytes), low_bytes))
 
         endpoints = list(map(tuple.__new__, repeat(Endpoint), zip(labels, addresses(SRC_AT), ports(SPORT_AT))))
