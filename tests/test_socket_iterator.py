@@ -74,6 +74,12 @@ def iterator_counts(program, *names):
     return [dumps[name].snap.counts for name in names]
 
 
+def settled(netns):
+    """No FIN in flight: a FIN_WAIT1 socket of a workload's half-closed pair waits for its ACK."""
+    wait_for(lambda: not subprocess.run(in_netns(netns, ["ss", "-tanH", "state", "fin-wait-1"]), capture_output=True,
+                                        text=True, check=True).stdout, what="the FINs to be acknowledged")
+
+
 def per_family(counts, family):
     return {states.name(state): counts.get((family, state), 0) for state in states.REPORTED}
 
@@ -86,6 +92,7 @@ def test_iterator_counts_equal_ss_per_state_family_and_namespace(program, netns,
         mixes(netns, 400)
         workloads("states", netns=netns, count=3, family=6)
         mixes(second, 200)
+        settled(netns)
         first_counts, second_counts = iterator_counts(program, netns, second)
         for name, counts in ((netns, first_counts), (second, second_counts)):
             for family, flag in FAMILIES.items():
@@ -170,6 +177,7 @@ class FailingIterator:
 
 def test_an_iterator_failing_at_a_scrape_falls_back_for_that_scrape(netns, workloads, caplog):
     workloads("states", netns=netns, count=2)
+    settled(netns)
     dumps, read = dumps_by_name(NamespaceDumper(socket_iterator=FailingIterator()))
     assert (read.source, read.reason) == ("inet_diag", "iterator_failed")
     assert per_family(dumps[netns].snap.counts, "ipv4") == ss_counts(netns, "4", "state", "all")
@@ -178,6 +186,7 @@ def test_an_iterator_failing_at_a_scrape_falls_back_for_that_scrape(netns, workl
 
 def test_the_flag_forces_inet_diag_with_one_warning_and_sigterm_leaves_no_iterator(netns, workloads):
     workloads("states", netns=netns, count=2)
+    settled(netns)
     before = iterator_links()
     forced = Daemon("--ebpf", "on", "--no-collector.bpf.socket-iterator", netns=netns)
     try:
