@@ -11,7 +11,7 @@ set -euo pipefail
 
 packages=(python3 python3-venv python3-bpfcc iproute2)
 [ "${1:-}" = "--bench" ] && packages+=(prometheus-node-exporter)
-[ "${1:-}" = "--test" ] && packages+=(prometheus bpftool openssl podman runc containerd containernetworking-plugins gcc libc6-dev chromium chromium-driver mmdebstrap)
+[ "${1:-}" = "--test" ] && packages+=(prometheus bpftool openssl podman runc containerd containernetworking-plugins gcc libc6-dev chromium chromium-driver mmdebstrap tcpdump iptables)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--ladder", action="store_true",
                        help="draw each connection, once it is over, as a ladder: a column per end "
                        "on this host, a row per transition, TIME_WAIT to its end")
+    trace.add_argument("--relative", action="store_true",
+                       help="with --ladder: sequence numbers relative to each side's ISN, as tcpdump prints them")
     trace.add_argument("--ladder.timeout", dest="ladder_timeout", type=seconds, default=90.0,
                        help="draw a connection quiet this many seconds as far as it got (default 90: "
                        "longer than TIME_WAIT's 60 s)")

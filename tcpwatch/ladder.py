@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .ladder_numbers import PEER, Numbers, isns, segments
+
 # Changes that only a system call on the socket itself makes: the task running then is the
 # owner. Any other change may run in softirq context, on behalf of whatever task the CPU
 # was running (on loopback, often the peer), so its task says nothing about the owner.
@@ -40,6 +42,7 @@ class Step:
     cookie: int = 0             # 0: unknown (tracepoint mode)
     pid: int = 0
     comm: str = ""
+    numbers: Optional[Numbers] = None   # the socket's sequence numbers at the change (ladder_numbers.py)
 
 
 @dataclass
@@ -203,8 +206,9 @@ COLUMN = 34
 
 
 def render(conn: Connection, now: Optional[float] = None, stopped: bool = False,
-           time_wait_traced: bool = True) -> str:
-    """A connection as a ladder. ``now``: when it is drawn (for what is still going on)."""
+           time_wait_traced: bool = True, relative: bool = False) -> str:
+    """A connection as a ladder. ``now``: when it is drawn (for what is still going on).
+    ``relative``: sequence numbers from each side's ISN, as tcpdump prints them."""
     first = conn.rows[0][0]
     names = sorted({end.netns_name for end in conn.ends})
     a, b = sorted(conn.endpoints) if len(conn.endpoints) == 2 else (first.local, first.remote)
@@ -215,18 +219,47 @@ def render(conn: Connection, now: Optional[float] = None, stopped: bool = False,
         label = end.local + (f" {end.owner}" if end.owner else "")
         header += f"{label:<{COLUMN}}"
     lines.append(header.rstrip())
+    numbered = [(step.old, step.new, conn.column(end), step.numbers) for step, end in conn.rows]
+    drawn, isn = segments(numbered), (isns(numbered) if relative else None)
     previous = first.time
-    for step, end in conn.rows:
+    for index, (step, end) in enumerate(conn.rows):
         column = conn.column(end)
         stamp = time.strftime("%H:%M:%S", time.localtime(step.time)) + f".{int(step.time % 1 * 1e6):06d}"
-        change = f"{step.old.upper()} -> {step.new.upper()}"
-        if (step.old, step.new) in INTO_TIME_WAIT and time_wait_traced:
-            change += " (TIME_WAIT)"
-        elif step.old == "time_wait":
-            change = "TIME_WAIT ends"
-        cells = " " * (COLUMN * column) + change
-        lines.append(f"{stamp:<15} {'+' + format(step.time - previous, '.6f'):>10}  {cells}".rstrip())
+        lines.append(f"{stamp:<15} {'+' + format(step.time - previous, '.6f'):>10}  "
+                     f"{' ' * (COLUMN * column)}{_change(step, time_wait_traced)}".rstrip())
+        for segment in drawn.get(index, ()):
+            lines.append(f"{'':<15} {'':>10}  " + _arrow(segment, len(conn.ends), isn))
         previous = step.time
+    lines += _unfinished(conn, now, stopped)
+    if not time_wait_traced and any((s.old, s.new) in INTO_TIME_WAIT for s, _ in conn.rows):
+        lines.append("(the end of TIME_WAIT is not traced here: see tcpwatch doctor)")
+    return "\n".join(lines)
+
+
+def _change(step: Step, time_wait_traced: bool) -> str:
+    change = f"{step.old.upper()} -> {step.new.upper()}"
+    if (step.old, step.new) in INTO_TIME_WAIT and time_wait_traced:
+        return change + " (TIME_WAIT)"
+    if step.old == "time_wait":
+        return "TIME_WAIT ends"
+    if (step.old, step.new) == ("syn_sent", "close"):
+        return change + " (no handshake: refused by a reset, or timed out)"
+    return change
+
+
+def _arrow(segment, ends: int, isn) -> str:
+    """A segment between the columns, pointing from its sender to its receiver."""
+    receiver = (1 - segment.sender if segment.sender >= 0 else 0) if ends == 2 or segment.sender == PEER else PEER
+    label = segment.label(isn, receiver)
+    span = max(COLUMN * 2 - 4, len(label) + 6)
+    if segment.sender == 0:
+        return f"{label} " + "-" * (span - len(label) - 2) + ">"
+    return "<" + "-" * (span - len(label) - 2) + f" {label}"
+
+
+def _unfinished(conn: Connection, now, stopped: bool) -> list:
+    """What each end was still doing when the connection was drawn."""
+    lines = []
     for end in conn.ends:
         if end.in_time_wait:
             held = (now - end.time_wait_since) if now is not None else 0.0
@@ -238,6 +271,4 @@ def render(conn: Connection, now: Optional[float] = None, stopped: bool = False,
             why = "trace stopped" if stopped else "quiet too long"
             lines.append(f"{'':<15} {'':>10}  " + " " * (COLUMN * conn.column(end))
                          + f"(still {state.upper()}: {why})")
-    if not time_wait_traced and any((s.old, s.new) in INTO_TIME_WAIT for s, _ in conn.rows):
-        lines.append("(the end of TIME_WAIT is not traced here: see tcpwatch doctor)")
-    return "\n".join(lines)
+    return lines

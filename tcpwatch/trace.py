@@ -28,6 +28,8 @@ def trace(args) -> int:
         raise ConfigError("--state does not apply to --ladder: a ladder shows every change of a connection")
     if args.ladder and args.json:
         raise ConfigError("--json does not apply to --ladder")
+    if args.relative and not args.ladder:
+        raise ConfigError("--relative applies to --ladder only (--json gives the numbers as the kernel has them)")
     try:
         # Only the ladder follows timewait sockets to their end (their timers' tracepoints).
         program = bpf.BpfProgram(max_sockets=65536, port_range=(args.port, args.port) if args.port else None,
@@ -47,7 +49,7 @@ def trace(args) -> int:
     if args.ladder:
         on_event, each_turn, at_end = _ladders(program, args, netns_name, wall_offset)
     else:
-        on_event, each_turn, at_end = _lines(args, netns_name, wall_offset), None, None
+        on_event, each_turn, at_end = _lines(args, netns_name, wall_offset, program.seq_numbers), None, None
     deadline = time.monotonic() + args.duration if args.duration else None
     try:
         while not stopping and (deadline is None or time.monotonic() < deadline):
@@ -82,7 +84,7 @@ class _NetnsNames:
         return self._names.get(inode, f"netns-{inode}")
 
 
-def _lines(args, netns_name, wall_offset):
+def _lines(args, netns_name, wall_offset, with_numbers: bool):
     """Plain ``trace``: a line (or a JSON object) per transition; the callback per event."""
     wanted = states.BY_NAME.get(args.state) if args.state else None
     if not args.json:
@@ -91,7 +93,7 @@ def _lines(args, netns_name, wall_offset):
     def show(event):
         if wanted is not None and wanted not in (event.oldstate, event.newstate):
             return
-        record = _record(event, netns_name, wall_offset)
+        record = _record(event, netns_name, wall_offset, with_numbers)
         if args.json:
             print(json.dumps(record), flush=True)
             return
@@ -102,9 +104,10 @@ def _lines(args, netns_name, wall_offset):
     return show
 
 
-def _record(event, netns_name, wall_offset) -> dict:
+def _record(event, netns_name, wall_offset, with_numbers: bool) -> dict:
     """One transition as ``trace --json`` prints it."""
     t = event.tuple
+    numbers = _numbers(event) if with_numbers else None
     return {
         "time": round(event.ts_ns / 1e9 + wall_offset, 6),
         "local": f"{_address(t.family, t.saddr)}:{t.sport}",
@@ -116,7 +119,17 @@ def _record(event, netns_name, wall_offset) -> dict:
         "netns_name": netns_name(t.netns),
         # the socket cookie inet_diag reports (ss -e: sk:...); null in tracepoint mode
         "cookie": event.cookie or None,
+        # struct tcp_sock's sequence numbers at the change; null where they mean nothing yet
+        "tcp": numbers._asdict() if numbers is not None else None,
     }
+
+
+def _numbers(event):
+    """The event's sequence numbers, where they mean something (ladder_numbers.py)."""
+    from .ladder_numbers import Numbers, numbers_at
+
+    return numbers_at(states.name(event.oldstate), states.name(event.newstate),
+                      Numbers(event.snd_una, event.snd_nxt, event.write_seq, event.rcv_nxt))
 
 
 def _ladders(program, args, netns_name, wall_offset):
@@ -129,8 +142,8 @@ def _ladders(program, args, netns_name, wall_offset):
 
     def draw(conns, stopped=False):
         for conn in conns:
-            print(ladder.render(conn, now=time.time(), stopped=stopped, time_wait_traced=traced_tw) + "\n",
-                  flush=True)
+            print(ladder.render(conn, now=time.time(), stopped=stopped, time_wait_traced=traced_tw,
+                                relative=args.relative) + "\n", flush=True)
 
     def take(event):
         t = event.tuple
@@ -138,7 +151,8 @@ def _ladders(program, args, netns_name, wall_offset):
             time=event.ts_ns / 1e9 + wall_offset, netns=t.netns, netns_name=netns_name(t.netns),
             local=f"{_address(t.family, t.saddr)}:{t.sport}", remote=f"{_address(t.family, t.daddr)}:{t.dport}",
             old=states.name(event.oldstate), new=states.name(event.newstate), cookie=event.cookie,
-            pid=event.pid, comm=event.comm.decode("utf-8", "replace"))
+            pid=event.pid, comm=event.comm.decode("utf-8", "replace"),
+            numbers=_numbers(event) if program.seq_numbers else None)
         draw(ladders.add(step))
 
     print("tracing: each connection is drawn once it is over (TIME_WAIT included); "

@@ -41,6 +41,7 @@ def test_ladder_does_not_combine_with_json_or_state():
     assert_rejected(run("trace", "--ladder", "--json"), "--json")
     assert_rejected(run("trace", "--ladder", "--state", "close_wait"), "--state")
     assert_rejected(run("trace", "--ladder.timeout", "0"), "0")
+    assert_rejected(run("trace", "--relative"), "--relative")
 
 
 def test_bad_log_level():

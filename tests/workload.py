@@ -256,6 +256,48 @@ def scenario_time_wait_restart(args, held):
     return {"state": "reused"}
 
 
+def scenario_handshake_close(args, held):
+    """One connection on --listen-port, no data: closed first by the client (--close 0), the
+    server (--close 1), or both at once (--close 2: their FINs are dropped by iptables for
+    0.3 s, so that the retransmitted FINs cross: a simultaneous close). The passive closer
+    waits 0.3 s before it closes, so that its delayed ACK of the FIN goes out alone first."""
+    lst = listener(args.family)
+    client = connect(args.family, lst.getsockname()[1])
+    server, _ = lst.accept()
+    lst.close()
+    info = {"client_port": client.getsockname()[1], "server_port": server.getsockname()[1]}
+    time.sleep(0.2)
+    if args.close == 2:
+        rule = ["OUTPUT", "-p", "tcp", "--tcp-flags", "FIN", "FIN", "-j", "DROP"]
+        iptables = "ip6tables" if args.family == 6 else "iptables"
+        subprocess.run([iptables, "-w", "-A", *rule], check=True)
+        try:
+            client.shutdown(socket.SHUT_WR)
+            server.shutdown(socket.SHUT_WR)
+            time.sleep(0.3)
+        finally:
+            subprocess.run([iptables, "-w", "-D", *rule], check=True)
+        time.sleep(1.0)
+        held += [client, server]
+        return info
+    first, second = (client, server) if args.close == 0 else (server, client)
+    first.close()
+    second.settimeout(5)
+    assert second.recv(1) == b""
+    time.sleep(0.3)
+    second.close()
+    time.sleep(0.3)
+    return info
+
+
+def scenario_refused(args, held):
+    """A connect() to --port, where nothing listens: refused by a reset."""
+    sock = socket.socket(socket.AF_INET6 if args.family == 6 else socket.AF_INET)
+    assert sock.connect_ex((host(args.family), args.port)) != 0
+    sock.close()
+    return {}
+
+
 def scenario_traffic(args, held):
     """``--rounds`` rounds, ``--seconds`` apart: ``count`` connections opened and closed (the
     client first, so TIME_WAIT) and ``--close`` connects refused by a port nobody listens on.
@@ -319,7 +361,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario", choices=["states", "leak", "listen", "connect", "pairs", "churn",
                                              "close_wait_for", "fin_wait1_self", "time_wait", "traffic",
-                                             "ports", "time_wait_restart"])
+                                             "ports", "time_wait_restart", "handshake_close", "refused"])
     parser.add_argument("--listen-port", type=int, default=0)
     parser.add_argument("--host", help="address to listen on or connect to (default loopback)")
     parser.add_argument("--client-port", type=int, default=0)

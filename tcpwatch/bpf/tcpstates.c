@@ -196,7 +196,11 @@ struct event {
     u32 pid;                  /* the current task: the owner only for changes a syscall on */
     u32 pad;                  /* this socket makes (connect, close); user space decides */
     char comm[16];
-};
+    u32 snd_una;              /* struct tcp_sock at the change (SEQ_NUMBERS): the oldest byte */
+    u32 snd_nxt;              /* not acknowledged, the next to send, the next the application */
+    u32 write_seq;            /* writes (a FIN queued now takes this number), the next expected */
+    u32 rcv_nxt;              /* from the peer; user space knows at which changes they mean */
+};                            /* something (ladder_numbers.py) */
 BPF_PERF_OUTPUT(events);
 #endif
 
@@ -672,6 +676,13 @@ static __always_inline void on_identity(void *ctx, const struct change *c, struc
                        .oldstate = oldstate, .newstate = newstate,
                        .pid = bpf_get_current_pid_tgid() >> 32};
     bpf_get_current_comm(ev.comm, sizeof(ev.comm));
+#ifdef SEQ_NUMBERS
+    /* tcp_sock lies beyond struct sock, where the tp_btf argument's type ends: copy. */
+    bpf_probe_read_kernel(&ev.snd_una, 4, (const void *)c->sk + OFF_TP_SND_UNA);
+    bpf_probe_read_kernel(&ev.snd_nxt, 4, (const void *)c->sk + OFF_TP_SND_NXT);
+    bpf_probe_read_kernel(&ev.write_seq, 4, (const void *)c->sk + OFF_TP_WRITE_SEQ);
+    bpf_probe_read_kernel(&ev.rcv_nxt, 4, (const void *)c->sk + OFF_TP_RCV_NXT);
+#endif
     events.perf_submit(ctx, &ev, sizeof(ev));
 #endif
 }

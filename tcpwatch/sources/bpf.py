@@ -54,6 +54,7 @@ class BpfProgram:
         self.attach: AttachChoice = self.loaded.attach
         self.headers = plan.headers
         self.time_wait_tracked = plan.time_wait_tracked
+        self.seq_numbers = plan.seq_numbers   # trace events carry sequence numbers
         self.max_netns = plan.max_netns
         self.socket_slots = plan.socket_slots
         try:

@@ -17,6 +17,7 @@ since nothing outlives the child but what it sent.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -24,8 +25,7 @@ import subprocess
 import sys
 
 from .ebpf_load import load_here
-from .ebpf_plan import (AttachChoice, AttachModeUnavailable, BpfUnavailable, Plan, Request, plan_from_json,
-                        plan_to_json, request_from_json, request_to_json)
+from .ebpf_plan import AttachChoice, AttachModeUnavailable, Attempt, BpfUnavailable, Plan, Request
 
 COMPILE_TIMEOUT = 60.0     # seconds: a compile takes about one
 MAX_MESSAGE = 1 << 20
@@ -51,6 +51,26 @@ class ProgramFds:
         for fd in self.links + list(self.iterators.values()) + list(self._maps.values()):
             os.close(fd)
         self.links, self.iterators, self._maps = [], {}, {}
+
+
+def request_to_json(request: Request) -> dict:
+    return dataclasses.asdict(request)
+
+
+def request_from_json(data: dict) -> Request:
+    port_range = tuple(data["port_range"]) if data.get("port_range") else None
+    return Request(**{**data, "port_range": port_range})
+
+
+def plan_to_json(plan: Plan) -> dict:
+    """The plan as the compile child gets it (ebpf_load.load_in_child)."""
+    return dataclasses.asdict(plan)
+
+
+def plan_from_json(data: dict) -> Plan:
+    attempts = [Attempt(a["mode"], a["reason"], tuple(a["cflags"]), tuple(tuple(h) for h in a["hooks"]), a["detail"])
+                for a in data["attempts"]]
+    return Plan(**{**data, "attempts": attempts, "notes": [tuple(n) for n in data["notes"]]})
 
 
 def load_in_child(request: Request, plan: Plan, timeout: float = COMPILE_TIMEOUT) -> ProgramFds:

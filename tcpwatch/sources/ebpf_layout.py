@@ -62,7 +62,14 @@ SOCKET_FIELDS = {
     "OFF_SOCKET_ALLOC_INODE": ("socket_alloc", "vfs_inode", None),
     "OFF_INODE_INO": ("inode", "i_ino", 8),
 }
-SOCKET_ITERATOR = "bpf_iter_tcp"        # the kernel function an iter/tcp program attaches to
+SOCKET_ITERATOR = "bpf_iter_tcp"
+# What trace reads at each change for its sequence numbers (SEQ_NUMBERS, with EMIT_EVENTS only).
+SEQ_FIELDS = {
+    "OFF_TP_SND_UNA": ("tcp_sock", "snd_una", 4),
+    "OFF_TP_SND_NXT": ("tcp_sock", "snd_nxt", 4),
+    "OFF_TP_WRITE_SEQ": ("tcp_sock", "write_seq", 4),
+    "OFF_TP_RCV_NXT": ("tcp_sock", "rcv_nxt", 4),
+}        # the kernel function an iter/tcp program attaches to
 
 
 def _offsets(types, fields: dict) -> dict:
@@ -100,3 +107,8 @@ def socket_layout(btf_path: str = btf.VMLINUX, load=btf.Btf.load) -> tuple:
     kernel's BTF cannot describe it."""
     types = load(btf_path)
     return _offsets(types, SOCKET_FIELDS), types.type_id(btf.FUNC, SOCKET_ITERATOR)
+
+
+def seq_layout(btf_path: str = btf.VMLINUX, load=btf.Btf.load) -> dict:
+    """-D offsets of the tcp_sock sequence numbers trace reads; BtfError without them."""
+    return _offsets(load(btf_path), SEQ_FIELDS)

@@ -46,7 +46,9 @@ class TraceEvent(ctypes.Structure):
 
     _fields_ = [("ts_ns", ctypes.c_uint64), ("dwell_ns", ctypes.c_uint64), ("cookie", ctypes.c_uint64),
                 ("tuple", _Tuple), ("oldstate", ctypes.c_uint32), ("newstate", ctypes.c_uint32),
-                ("pid", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("comm", ctypes.c_char * 16)]
+                ("pid", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("comm", ctypes.c_char * 16),
+                ("snd_una", ctypes.c_uint32), ("snd_nxt", ctypes.c_uint32), ("write_seq", ctypes.c_uint32),
+                ("rcv_nxt", ctypes.c_uint32)]
 
 
 def tuple_key(netns: int, family: int, sport: int, dport: int, saddr: bytes, daddr: bytes) -> tuple:

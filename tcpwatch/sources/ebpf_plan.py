@@ -11,7 +11,6 @@ facts so that tests give a fake or saved BTF. The checks of the eBPF flags live 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Callable, Optional
 from .. import histograms
 from . import btf
 from .ebpf_layout import (TP_BTF_HOOKS, TP_BTF_TIMER_HOOKS, cookie_layout, kernel_layout, owner_layout,
-                          socket_layout)
+                          seq_layout, socket_layout)
 
 ATTACH_MODES = ("auto", "tp_btf", "tracepoint")
 # Where bcc finds the few headers it includes: tcpwatch's own tree (bpf/headers, 2 KB) where
@@ -135,6 +134,7 @@ class Plan:
     no_socket_iterator: str = ""              # why not, when it was wanted
     layout_error: str = ""                    # why BTF could not describe the program
     netns_by_cookie: bool = False             # slots keyed by net_cookie (else by inode)
+    seq_numbers: bool = False                 # trace events carry tcp_sock's sequence numbers
     headers: str = BUNDLED                    # what bcc compiles against: bundled, or kernel (no BTF)
     notes: list = field(default_factory=list)   # (message, extra) warnings for the log
 
@@ -180,7 +180,7 @@ def make_plan(request: Request, env: Environment = Environment()) -> Plan:
                 headers=KERNEL_HEADERS if layout_error else BUNDLED)
     cflags += _time_wait_flags(request, env, plan)
     if request.emit_events:
-        cflags.append("-DEMIT_EVENTS")
+        cflags += ["-DEMIT_EVENTS"] + _seq_flags(request, env, plan)
     if request.owner_iterator:
         cflags += _owner_iterator_flags(request, env, plan)
     if request.socket_iterator:
@@ -233,6 +233,20 @@ def _owner_iterator_flags(request: Request, env: Environment, plan: Plan) -> lis
     return ["-DOWNER_ITER"] + flags if flags else []
 
 
+def _seq_flags(request: Request, env: Environment, plan: Plan) -> list:
+    """trace's sequence numbers, read at offsets from BTF: none without it."""
+    if plan.layout_error:
+        return []
+    try:
+        offsets = seq_layout(request.btf_path, load=env.load_btf)
+    except btf.BtfError as exc:
+        plan.notes.append(("trace: no sequence numbers (the kernel's BTF does not describe them)",
+                           {"reason": str(exc)}))
+        return []
+    plan.seq_numbers = True
+    return ["-DSEQ_NUMBERS"] + [f"-D{name}={value}" for name, value in offsets.items()]
+
+
 def _socket_iterator_flags(request: Request, env: Environment, plan: Plan) -> list:
     """Compile the socket iterator in, when this kernel's BTF describes what it reads."""
     if plan.layout_error:
@@ -277,23 +291,3 @@ def after_refusal(request: Request, plan: Plan, refused: Attempt, why: str) -> A
         raise BpfUnavailable(why)
     nxt = later[0]
     return Attempt(nxt.mode, nxt.reason, nxt.cflags, nxt.hooks, why)
-
-
-def request_to_json(request: Request) -> dict:
-    return dataclasses.asdict(request)
-
-
-def request_from_json(data: dict) -> Request:
-    port_range = tuple(data["port_range"]) if data.get("port_range") else None
-    return Request(**{**data, "port_range": port_range})
-
-
-def plan_to_json(plan: Plan) -> dict:
-    """The plan as the compile child gets it (ebpf_load.load_in_child)."""
-    return dataclasses.asdict(plan)
-
-
-def plan_from_json(data: dict) -> Plan:
-    attempts = [Attempt(a["mode"], a["reason"], tuple(a["cflags"]), tuple(tuple(h) for h in a["hooks"]), a["detail"])
-                for a in data["attempts"]]
-    return Plan(**{**data, "attempts": attempts, "notes": [tuple(n) for n in data["notes"]]})
