@@ -10,60 +10,15 @@ import socket
 from collections import Counter
 from errno import errorcode as errno_names
 from itertools import compress, repeat
-from operator import add, and_, not_, or_
+from operator import add, not_, or_
 
 from .. import states
 from ..model import CloseWaitSocket, DiagSnapshot, DumpWants, Endpoint, Listener
 from .inet_diag_layout import (
-    ACCEPT_QUEUE_MARK, ADDR_LEN, COOKIE, COOKIE_AT, DIAG_TYPES, DONE_LEN, DPORT_AT, DST_AT, ERRNO, EXPIRES_AT,
+    ADDR_LEN, COOKIE, COOKIE_AT, DIAG_TYPES, DONE_LEN, DPORT_AT, DST_AT, ERRNO, EXPIRES_AT,
     FAMILY_AT, FAMILY_MARK, FAMILY_NAMES, INODE_AT, MSG_MIN_LEN, NLMSG_DONE, NLMSG_ERROR, NLMSGHDR, NLMSGHDR_LEN,
-    PORTS, QUEUES, QUEUES_AT, SPORT, SPORT_AT, SRC_AT, STATE_AT, U32, Columns, InodesAt, gather,
-    message_offsets, swap_port)
-
-
-TIME_WAIT_MARK = bytes(i == states.TIME_WAIT for i in range(256))
-CLOSE_WAIT_MARK = bytes(i == states.CLOSE_WAIT for i in range(256))
-ZERO_MARK = bytes(i == 0 for i in range(256))
-HEAD_END = SPORT_AT + 2   # family, state, timer, retrans, local port
-
-
-def _column(data: bytes, offsets, field_at: int):
-    """The u32 ``field_at`` of every message: a strided view when they share a length."""
-    words = memoryview(data).cast("I")
-    if isinstance(offsets, range):
-        return words[(offsets.start + field_at) // 4:(offsets.stop + field_at) // 4:offsets.step // 4]
-    return gather(list(map((field_at // 4).__add__, map((2).__rrshift__, offsets))), words)
-
-
-_WORD, _BYTE = "word", "byte"
-
-
-def _picked(data: bytes, offsets, at: list, chosen: list, field_at: int, kind: str) -> list:
-    """The u32 (``_WORD``) or the byte at ``field_at`` of the chosen messages, which start at
-    ``at``: picked from a strided column when the messages share a length."""
-    if isinstance(offsets, range):
-        column = (_column(data, offsets, field_at) if kind == _WORD
-                  else data[offsets.start + field_at:offsets.stop:offsets.step])
-        return gather(chosen, column)
-    if kind == _WORD:
-        return gather(list(map((field_at // 4).__add__, map((2).__rrshift__, at))), memoryview(data).cast("I"))
-    return gather(list(map(field_at.__add__, at)), data)
-
-
-def _unaccepted_mask(data: bytes, columns) -> bytes:
-    """1 for each message of a socket with no inode in a state of an accept queue, else 0.
-    When the messages share a length, computed on whole columns as big integers (no Python
-    per socket): the OR of the inode's four byte columns is 0 exactly where the inode is."""
-    queue = columns.states.translate(ACCEPT_QUEUE_MARK)
-    count = len(queue)
-    offsets = columns.offsets
-    if not isinstance(offsets, range):
-        return bytes(map(and_, map((0).__eq__, columns.inodes), queue))
-    any_byte = 0
-    for i in range(4):
-        any_byte |= int.from_bytes(data[offsets.start + INODE_AT + i:offsets.stop:offsets.step], "little")
-    no_inode = any_byte.to_bytes(count, "little").translate(ZERO_MARK)
-    return (int.from_bytes(no_inode, "little") & int.from_bytes(queue, "little")).to_bytes(count, "little")
+    PORTS, QUEUES, QUEUES_AT, SPORT, SPORT_AT, SRC_AT, STATE_AT, U32, BYTE, CLOSE_WAIT_MARK, HEAD_END,
+    TIME_WAIT_MARK, WORD, Columns, InodesAt, column_of, gather, message_offsets, picked, swap_port, unaccepted_mask)
 
 
 class DumpError(OSError):
@@ -116,7 +71,7 @@ class Decoder:
                                                       columns.inodes)
         self._count_states(state_bytes, family_bytes)
         if states.TIME_WAIT in state_bytes:
-            self._note_time_wait(min(compress(_column(data, offsets, EXPIRES_AT), state_bytes.translate(TIME_WAIT_MARK))))
+            self._note_time_wait(min(compress(column_of(data, offsets, EXPIRES_AT), state_bytes.translate(TIME_WAIT_MARK))))
         if self.want_owners:
             self.snap.inode_states.update(zip(inodes, state_bytes))
         i = state_bytes.find(states.LISTEN)   # listeners: few, one by one
@@ -201,7 +156,7 @@ class Decoder:
         """Sockets no fd holds yet, counted per (family .. local port, local address bytes)
         and made Endpoints at the end (the remote port, between them, is left out: request
         sockets would otherwise each be a key of their own)."""
-        chosen = list(compress(range(len(columns.states)), _unaccepted_mask(data, columns)))
+        chosen = list(compress(range(len(columns.states)), unaccepted_mask(data, columns)))
         if chosen:
             starts = gather(chosen, columns.offsets)
             heads = map(data.__getitem__, map(slice, map(FAMILY_AT.__add__, starts), map(HEAD_END.__add__, starts)))
@@ -214,7 +169,7 @@ class Decoder:
         queue (inode 0) also counted as unaccepted."""
         chosen = list(compress(range(len(state_bytes)), state_bytes.translate(CLOSE_WAIT_MARK)))
         at = gather(chosen, offsets)
-        low, high = (_picked(data, offsets, at, chosen, COOKIE_AT + i, _WORD) for i in (0, 4))
+        low, high = (picked(data, offsets, at, chosen, COOKIE_AT + i, WORD) for i in (0, 4))
         cookies = list(map(or_, low, map((32).__rlshift__, high)))
         families = bytes(gather(chosen, family_bytes))
         lengths = families.translate(ADDR_LEN)
@@ -225,7 +180,7 @@ class Decoder:
             return list(map(data.__getitem__, map(slice, starts, map(add, starts, lengths))))
 
         def ports(field_at):   # big-endian: high byte, then low byte
-            high_bytes, low_bytes = (_picked(data, offsets, at, chosen, field_at + i, _BYTE) for i in (0, 1))
+            high_bytes, low_bytes = (picked(data, offsets, at, chosen, field_at + i, BYTE) for i in (0, 1))
             return list(map(add, map((8).__rlshift__, high_bytes), low_bytes))
 
         endpoints = list(map(tuple.__new__, repeat(Endpoint), zip(labels, addresses(SRC_AT), ports(SPORT_AT))))

@@ -7,7 +7,7 @@ import socket
 import struct
 import sys
 from itertools import accumulate
-from operator import itemgetter, sub
+from operator import and_, itemgetter, sub
 from typing import NamedTuple
 
 from .. import states
@@ -106,3 +106,49 @@ class Columns(NamedTuple):
     local_ports: object       # native u16 views of the big-endian ports; None without ports
     remote_ports: object
     done: bool = False        # NLMSG_DONE follows the last message
+
+
+# The decoder's column-wise reads (inet_diag_decoder.py).
+TIME_WAIT_MARK = bytes(i == states.TIME_WAIT for i in range(256))
+CLOSE_WAIT_MARK = bytes(i == states.CLOSE_WAIT for i in range(256))
+ZERO_MARK = bytes(i == 0 for i in range(256))
+HEAD_END = SPORT_AT + 2   # family, state, timer, retrans, local port
+
+
+def column_of(data: bytes, offsets, field_at: int):
+    """The u32 ``field_at`` of every message: a strided view when they share a length."""
+    words = memoryview(data).cast("I")
+    if isinstance(offsets, range):
+        return words[(offsets.start + field_at) // 4:(offsets.stop + field_at) // 4:offsets.step // 4]
+    return gather(list(map((field_at // 4).__add__, map((2).__rrshift__, offsets))), words)
+
+
+WORD, BYTE = "word", "byte"
+
+
+def picked(data: bytes, offsets, at: list, chosen: list, field_at: int, kind: str) -> list:
+    """The u32 (``WORD``) or the byte at ``field_at`` of the chosen messages, which start at
+    ``at``: picked from a strided column when the messages share a length."""
+    if isinstance(offsets, range):
+        column = (column_of(data, offsets, field_at) if kind == WORD
+                  else data[offsets.start + field_at:offsets.stop:offsets.step])
+        return gather(chosen, column)
+    if kind == WORD:
+        return gather(list(map((field_at // 4).__add__, map((2).__rrshift__, at))), memoryview(data).cast("I"))
+    return gather(list(map(field_at.__add__, at)), data)
+
+
+def unaccepted_mask(data: bytes, columns) -> bytes:
+    """1 for each message of a socket with no inode in a state of an accept queue, else 0.
+    When the messages share a length, computed on whole columns as big integers (no Python
+    per socket): the OR of the inode's four byte columns is 0 exactly where the inode is."""
+    queue = columns.states.translate(ACCEPT_QUEUE_MARK)
+    count = len(queue)
+    offsets = columns.offsets
+    if not isinstance(offsets, range):
+        return bytes(map(and_, map((0).__eq__, columns.inodes), queue))
+    any_byte = 0
+    for i in range(4):
+        any_byte |= int.from_bytes(data[offsets.start + INODE_AT + i:offsets.stop:offsets.step], "little")
+    no_inode = any_byte.to_bytes(count, "little").translate(ZERO_MARK)
+    return (int.from_bytes(no_inode, "little") & int.from_bytes(queue, "little")).to_bytes(count, "little")
