@@ -88,12 +88,13 @@ class NamespaceDumper:
         return Discovered(namespaces.unique(infos), targets, found.own_inode)
 
     def dump_all(self, discovered: Discovered) -> NamespaceDumps:
-        """One inet_diag dump (and the kernel's counter files) of every target namespace."""
+        """One walk of every target namespace's sockets (the eBPF socket iterator, else an
+        inet_diag dump), and its kernel counter files."""
         result = NamespaceDumps(infos=discovered.infos)
         result.source, result.reason = ((self._iterator.source, "") if self._iterator is not None
                                         else (INET_DIAG, self._fallback_reason))
         # Handles first, in this thread (setns happens here, once per new namespace), then
-        # the dumps in parallel: each dump's kernel walk runs inside recv(), without the GIL.
+        # the dumps in parallel: each kernel walk runs inside read() or recv(), without the GIL.
         opened = []
         for inode, ref in sorted(discovered.targets.items(), key=lambda item: item[1].pids[:1] or [1 << 31]):
             handles = self._handles_of(ref, result.infos[inode], result.failures)
