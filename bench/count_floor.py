@@ -26,9 +26,8 @@ PER_WORKER = 18000
 
 
 def measure(sockets: int, repeat: int) -> None:
-    from tcpwatch.model import DiagSnapshot, DumpWants
+    from tcpwatch.model import DumpWants
     from tcpwatch.sources import bpf, ebpf_iterators, inet_diag
-    from tcpwatch.sources.inet_diag_decoder import Decoder
 
     program = bpf.BpfProgram(socket_iterator=True, track_time_wait=False)
     sizes = [min(PER_WORKER, sockets - start) for start in range(0, sockets, PER_WORKER)]
@@ -46,7 +45,7 @@ def measure(sockets: int, repeat: int) -> None:
             for label, wants in (("counts", DumpWants(False, False)), ("owners", DumpWants(True, False)),
                                  ("owners and ports", DumpWants(True, True))):
                 started = time.perf_counter()
-                Decoder(DiagSnapshot(), wants).feed(records + ebpf_iterators._DONE)
+                ebpf_iterators.decode(records, wants)
                 times.setdefault(f"iterator: decoding, {label}", []).append(time.perf_counter() - started)
             for label, wants in (("counts", DumpWants(False, False)), ("owners and ports", DumpWants(True, True))):
                 started = time.perf_counter()

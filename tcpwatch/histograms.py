@@ -27,10 +27,6 @@ def cumulative_counts(slots) -> list:
     return counts
 
 
-def cumulative_buckets(slots) -> list:
-    """[(le seconds, cumulative count)] for every bound, empty ones included, then +Inf."""
-    return list(zip(BOUNDS, cumulative_counts(slots)))
-
 
 def quantile(q: float, buckets) -> float | None:
     """The q-quantile of cumulative buckets [(le, count)] (+Inf last), interpolated linearly

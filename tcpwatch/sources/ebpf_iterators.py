@@ -62,6 +62,11 @@ class SocketIterator:
 
     def dump(self, fd: int, wants: DumpWants, netns_inode: int = 0) -> DiagSnapshot:
         """Read the pass ``open`` started (from any thread) into a DiagSnapshot."""
-        snap = DiagSnapshot(netns_inode=netns_inode)
-        Decoder(snap, wants).feed(read_to_end(fd) + _DONE)
-        return snap
+        return decode(read_to_end(fd), wants, netns_inode)
+
+
+def decode(records: bytes, wants: DumpWants, netns_inode: int = 0) -> DiagSnapshot:
+    """One pass's records (inet_diag's layout, without the dump's end) as a DiagSnapshot."""
+    snap = DiagSnapshot(netns_inode=netns_inode)
+    Decoder(snap, wants).feed(records + _DONE)
+    return snap
